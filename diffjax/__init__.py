@@ -1,0 +1,2 @@
+"""diffjax: diffusion-model research in JAX/Flax."""
+__version__ = "0.1.0"

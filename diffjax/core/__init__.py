@@ -1,0 +1,1 @@
+"""Core diffusion math: processes, grids, the denoiser contract, losses and samplers."""

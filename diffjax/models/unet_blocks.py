@@ -1,0 +1,146 @@
+"""Convolutional U-Net blocks (Ho et al. 2020, DDPM; Dhariwal & Nichol 2021, ADM), any spatial rank.
+
+ResBlock (ADM, Appendix A), h = conv(SiLU(GN(x))) then, with the embedding e:
+    scale-shift norm:  h = conv0(dropout(SiLU(GN(h) (1 + scale(e)) + shift(e))))
+    additive (DDPM):   h = conv0(dropout(SiLU(GN(h + W e))))
+    out = skip(x) + h,  conv0 zero-initialised so every block starts as its skip path.
+BigGAN-style up/down ResBlocks resample both paths before the first conv. Attention over all spatial
+positions with a zero-initialised output projection. Inputs are channel-last (B, *spatial, C).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from diffjax.models.layers import attention, expand_like
+
+Dtype = Any
+zeros = nn.initializers.zeros
+
+
+def num_groups(channels: int, groups: int = 32) -> int:
+    """The largest group count <= ``groups`` that divides ``channels`` (32 for published widths)."""
+    g = min(groups, channels)
+    while channels % g:
+        g -= 1
+    return g
+
+
+def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None, eps: float = 1e-5):
+    return nn.GroupNorm(num_groups=num_groups(channels), epsilon=eps, dtype=dtype, name=name)
+
+
+def conv(features: int, ndim: int, kernel: int = 3, stride: int = 1, zero: bool = False,
+         dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name: Optional[str] = None):
+    pad = kernel // 2
+    return nn.Conv(features, (kernel,) * ndim, strides=(stride,) * ndim, padding=[(pad, pad)] * ndim,
+                   kernel_init=zeros if zero else nn.initializers.lecun_normal(), dtype=dtype,
+                   param_dtype=param_dtype, name=name)
+
+
+def upsample_nearest(x: jax.Array) -> jax.Array:
+    """Nearest-neighbour x2 along every spatial axis of (B, *spatial, C)."""
+    for axis in range(1, x.ndim - 1):
+        x = jnp.repeat(x, 2, axis=axis)
+    return x
+
+
+def downsample_avg(x: jax.Array) -> jax.Array:
+    nd = x.ndim - 2
+    return nn.avg_pool(x, (2,) * nd, strides=(2,) * nd)
+
+
+class Downsample(nn.Module):
+    """Stride-2 3x3 conv (``use_conv``) or 2x average pooling."""
+
+    out_channels: int
+    use_conv: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.use_conv:
+            return conv(self.out_channels, x.ndim - 2, 3, 2, dtype=self.dtype,
+                        param_dtype=self.param_dtype, name="conv")(x)
+        return downsample_avg(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then (``use_conv``) a 3x3 conv."""
+
+    out_channels: int
+    use_conv: bool = True
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = upsample_nearest(x)
+        if self.use_conv:
+            x = conv(self.out_channels, x.ndim - 2, dtype=self.dtype, param_dtype=self.param_dtype,
+                     name="conv")(x)
+        return x
+
+
+class ResBlock(nn.Module):
+    """ADM / DDPM residual block; ``emb`` (B, E) may be None for an unconditional (classifier) net."""
+
+    out_channels: int
+    dropout: float = 0.0
+    use_scale_shift_norm: bool = True
+    up: bool = False
+    down: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, emb: Optional[jax.Array], train: bool = False) -> jax.Array:
+        nd, out = x.ndim - 2, self.out_channels
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.silu(group_norm(x.shape[-1], self.dtype, "norm1")(x))
+        if self.up or self.down:
+            resample = upsample_nearest if self.up else downsample_avg
+            h, x = resample(h), resample(x)
+        h = conv(out, nd, name="conv1", **kw)(h)
+        norm2 = group_norm(out, self.dtype, "norm2")
+        if emb is not None and self.use_scale_shift_norm:
+            e = nn.Dense(2 * out, name="emb_proj", **kw)(nn.silu(emb))
+            scale, shift = jnp.split(expand_like(e, h), 2, axis=-1)
+            h = norm2(h) * (1 + scale) + shift
+        else:
+            if emb is not None:
+                h = h + expand_like(nn.Dense(out, name="emb_proj", **kw)(nn.silu(emb)), h)
+            h = norm2(h)
+        h = nn.Dropout(self.dropout, deterministic=not train)(nn.silu(h))
+        h = conv(out, nd, zero=True, name="conv2", **kw)(h)
+        if x.shape[-1] != out:
+            x = conv(out, nd, kernel=1, name="skip", **kw)(x)
+        return x + h
+
+
+class AttentionBlock(nn.Module):
+    """Self-attention over all spatial positions: x + proj0(attn(qkv(GN(x)))) (DDPM / ADM)."""
+
+    num_heads: int = 1
+    num_head_channels: int = -1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        ch = x.shape[-1]
+        heads = ch // self.num_head_channels if self.num_head_channels > 0 else self.num_heads
+        if ch % heads:
+            raise ValueError(f"attention channels {ch} not divisible by {heads} heads")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = group_norm(ch, self.dtype, "norm")(x).reshape(x.shape[0], -1, ch)
+        qkv = nn.Dense(3 * ch, name="qkv", **kw)(h)
+        q, k, v = einops.rearrange(qkv, "b l (three h d) -> three b l h d", three=3, h=heads)
+        h = einops.rearrange(attention(q, k, v), "b l h d -> b l (h d)")
+        h = nn.Dense(ch, kernel_init=zeros, name="proj", **kw)(h)
+        return x + h.reshape(x.shape)
