@@ -156,9 +156,13 @@ def final_solver_update(x, sigma, sigma_next, m_s, m_prev):
     return a * x_euler + 0.5 * sth * (m_s - rho * m_prev)
 
 
+def uses_long_schedule(num_steps: int) -> bool:
+    """The demo's ``steps > 20`` switch; it is called with steps = S = NFE - 1 solver steps."""
+    return num_steps - 1 > LONG_SCHEDULE
+
+
 def _step(state: SamplerState, sigma, sigma_next, D, noise, knobs):
     n = knobs["num_steps"]
-    long_schedule = n - 1 > LONG_SCHEDULE
     i = state.i
     sigma_max = jnp.where(i == 0, sigma, state.aux)
     sigma_min = knobs["sigma_min"]
@@ -188,11 +192,14 @@ def _step(state: SamplerState, sigma, sigma_next, D, noise, knobs):
 
     def second(_):  # 1 <= i <= N-3
         x_t, m_t = second_order_step(x, sigma, sigma_next, hist[0], hist[1], sig[1], D,
-                                     sigma_max, sigma_min, long_schedule)
+                                     sigma_max, sigma_min, uses_long_schedule(n))
         return out(x_t, m_t, hist[0], sigma_next, sig[0], 1)
 
+    # Only the branches reachable for this (static) N are built: N = 1 -> [to_zero],
+    # N = 2 -> + warm_up, N = 3 -> + last_solver, N >= 4 -> + second.
+    branches = [to_zero, warm_up, last_solver, second][:min(n, 4)]
     branch = jnp.where(i == n - 1, 0, jnp.where(i == 0, 1, jnp.where(i == n - 2, 2, 3)))
-    x_next, hist, sig, calls = jax.lax.switch(branch, [to_zero, warm_up, last_solver, second], None)
+    x_next, hist, sig, calls = jax.lax.switch(branch, branches, None)
     return state._replace(x=x_next, nfe=state.nfe + calls, x0_hist=hist,
                           sigma_hist=sig, aux=cast(sigma_max))
 
