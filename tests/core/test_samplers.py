@@ -25,7 +25,7 @@ def _grid_for(name):
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc",
-                                  "unipc_3", "flow_euler", "flow_midpoint"])
+                                  "unipc_3", "evodiff", "flow_euler", "flow_midpoint"])
 def test_gaussian_moments(name):
     """Sample mean/variance of N draws match N(mu, s^2): tolerance 5 standard errors of the
     estimator (mean: s/sqrt(N); variance: s^2 sqrt(2/N)) plus 2% for discretization."""

@@ -19,12 +19,13 @@ from diffjax.core.samplers.base import (Sampler, SampleResult, SamplerState, exa
 from diffjax.core.samplers.ddim import DDIM, DDPM, ancestral_split, ddim_step_deterministic
 from diffjax.core.samplers.dpm_solver import DPMPP_2M, DPMPP_3M
 from diffjax.core.samplers.edm import EULER, HEUN
+from diffjax.core.samplers.evodiff import EVODIFF
 from diffjax.core.samplers.flow import FLOW_EULER, FLOW_MIDPOINT
 from diffjax.core.samplers.inversion import ddim_invert
 from diffjax.core.samplers.unipc import UNIPC, UNIPC_3
 
 SAMPLERS = {s.name: s for s in (DDPM, DDIM, EULER, HEUN, DPMPP_2M, DPMPP_3M, UNIPC, UNIPC_3,
-                                FLOW_EULER, FLOW_MIDPOINT)}
+                                EVODIFF, FLOW_EULER, FLOW_MIDPOINT)}
 SAMPLERS["pfgmpp"] = HEUN  # PFGM++ = EDM Heun with the PFGM++ prior (Xu et al. 2023)
 
 

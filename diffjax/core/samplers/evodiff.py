@@ -11,7 +11,7 @@ m0 = D(., s0), m1 = D(., s1), using the paper's step h = 1/sigma_t - 1/sigma_s0 
     x_euler = (sigma_t/sigma_s0) x + sigma_t h m0                        (DDIM / DPM-Solver++ 1)
     r       = log(sigma_s1/sigma_s0) / log(sigma_s0/sigma_t)             (DPM-Solver++ r0)
     w       = (1 - tn^2)/2,   tn = (sigma_t + sigma_min)/(sigma_max + sigma_min)
-    b       = sqrt((sigma_t/sigma_s0) / (sigma_s0/sigma_s1))             (1 on a log-SNR-uniform grid)
+    b       = sqrt((sigma_t/sigma_s0) / (sigma_s0/sigma_s1))     (1 on a log-SNR-uniform grid)
     proj(a, c) = clip(<a, c> / (<c, c> + eps), -2, 2)                    (per sample, per channel)
     gamma1  = (1 - w) b + w proj(m0, m1),      D1 = m0 - gamma1 m1
     r_i     = clip(sigmoid(|gamma1|/4) r, r/4, 3r/2)
@@ -22,9 +22,9 @@ m0 = D(., s0), m1 = D(., s1), using the paper's step h = 1/sigma_t - 1/sigma_s0 
     eta     = sigmoid(|eta*|)/2,   B_theta = -(eta/r) D1 + r (1 - eta) D2
     P       = x_p - x_euler - (sigma_t h / (2 r_i)) B_theta
     zeta*   = proj(P, D1) / (h sigma_t)
-    zeta    = sigmoid(|zeta*| - 1/2)                     if S <= 20
-            = sigmoid(-(|zeta*| - 1/2) c),  c = sigmoid(proj(m0, (m0 - m1)/h) (2 - (sigma_t/sigma_s0)^2))
-                                                         if S > 20   (S = solver steps, see below)
+    zeta    = sigmoid(|zeta*| - 1/2)                     if S <= 20 (S = solver steps, see below)
+            = sigmoid(-(|zeta*| - 1/2) c)                if S > 20,
+              c = sigmoid(proj(m0, (m0 - m1)/h) (2 - (sigma_t/sigma_s0)^2))
     x_t     = x_euler + (sigma_t h / (2 zeta)) B_theta
 m_t (evaluated at the probe, not at x_t) is stored as the model value at t for the next step.
 With gamma1 = 1 and r_i = r the probe is exactly DPM-Solver++(2M) (``probe``).
@@ -37,7 +37,8 @@ Last solver step (lower_order_final, always on in the demo), s = s0 -> t, no NFE
 Bookkeeping on a grid sigma_0 > ... > sigma_{N-1} > sigma_N = 0 (N = num_steps = NFE): the demo
 reaches NFE = N as S = N - 1 solver steps over sigma_0..sigma_{N-1} plus ``denoise_to_zero``
 D(x, sigma_{N-1}); here that final denoise is the step into sigma_N = 0. Per scan step i:
-    i = 0        warm-up DDIM: m(sigma_0) = D(x_T, sigma_0), x_1 = DDIM, m(sigma_1) = D(x_1, sigma_1)
+    i = 0        warm-up DDIM: m(sigma_0) = D(x_T, sigma_0), x_1 = DDIM,
+                 m(sigma_1) = D(x_1, sigma_1)
                  (2 NFE; 1 NFE when N = 2, where no later step needs m(sigma_1))
     1 <= i <= N-3  EVODiff 2nd-order step above (1 NFE, at the probe)
     i = N-2      last solver step (lower_order_final formula, 0 NFE)
@@ -55,6 +56,11 @@ coefficients of shape (B, 1, ..., 1, C) (the demo's (B, C, 1, 1) for NCHW). 2-D 
 channels with no spatial axes (per-coordinate coefficients); 1-D data (B,) one channel. eps =
 sqrt(finfo(dtype).tiny) guards proj against 0/0 (the demo has no guard; with vanishing differences,
 e.g. a point mass, it gives NaN).
+
+Accuracy note: eta, zeta and the lower_order_final step are heuristics, not consistent 2nd-order
+weights. On Gaussian data with the exact denoiser the error vs the exact ODE map is not monotone in
+NFE and can be several times DPM-Solver++(2M)'s (tests/core/test_evodiff.py); the demo's own
+float64 loop gives the same numbers, so this is the algorithm, not the port.
 """
 from __future__ import annotations
 
@@ -152,7 +158,7 @@ def final_solver_update(x, sigma, sigma_next, m_s, m_prev):
     x_euler, sth = _euler(x, sigma, sigma_next, m_s)
     q = sigma_next / sigma
     a = 1.0 - jnp.sqrt(sigma_next * sigma)
-    rho = jnp.where(q < 0.5, 1.0 - 0.5 * jnp.sqrt(q), 1.0 - 0.5 * jnp.sqrt(jnp.maximum(q - 0.5, 0.0)))
+    rho = 1.0 - 0.5 * jnp.where(q < 0.5, jnp.sqrt(q), jnp.sqrt(jnp.maximum(q - 0.5, 0.0)))
     return a * x_euler + 0.5 * sth * (m_s - rho * m_prev)
 
 
