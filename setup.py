@@ -24,6 +24,7 @@ setup(
         "scikit-learn>=1.5",
         "pillow>=10",
         "absl-py>=2.0",
+        "importlib_resources",  # tensorflow-datasets needs it to prepare datasets but does not declare it
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.12"],

@@ -1,14 +1,16 @@
 """The training input pipeline: grain over a random-access source, sharded, shuffled, batched.
 
 Order of operations on ``grain.MapDataset`` (each is index arithmetic, so the whole pipeline is a
-pure function of (seed, process index, step) and its state is one integer):
+pure function of (seed, process index, step) and, without workers, its state is one integer):
     source -> drop the last len % process_count examples -> shard [process_index::process_count]
     -> shuffle (re-permuted every epoch) -> random flip -> batch (drop remainder) -> repeat
     -> to_iter_dataset (thread prefetch) [-> mp_prefetch when worker_count > 0]
 Each process yields ``global_batch_size // process_count`` examples per batch as numpy
-``{'x': float32, 'label': int32}``; epochs never mix inside a batch. The iterator is a
-``grain.DatasetIterator``: ``it.get_state()`` / ``it.set_state(state)`` resume exactly, and
-``checkpoint_save_args`` / ``checkpoint_restore_args`` wrap it for an orbax CheckpointManager.
+``{'x': float32, 'label': int32}``; epochs never mix inside a batch. A process keeps the same
+shard every epoch (as grain's IndexSampler does); its shuffle and flip streams are seeded from
+(seed, process_index). The iterator is a ``grain.DatasetIterator``: ``it.get_state()`` /
+``it.set_state(state)`` resume exactly, and ``checkpoint_save_args`` / ``checkpoint_restore_args``
+wrap it for an orbax CheckpointManager.
 """
 from __future__ import annotations
 
@@ -56,6 +58,8 @@ def make_dataset(source, global_batch_size: int, seed: int = 0, *, shuffle: bool
         raise ValueError(f"global_batch_size {global_batch_size} is not divisible by "
                          f"process_count {count}")
     batch_size = global_batch_size // count
+    if flip and np.ndim(source[0]["x"]) != 3:
+        raise ValueError(f"flip needs HWC images, got examples of shape {np.shape(source[0]['x'])}")
     usable = len(source) - len(source) % count
     if usable // count < batch_size:
         raise ValueError(f"a shard of {usable // count} examples (of {len(source)}) is smaller "
@@ -70,7 +74,7 @@ def make_dataset(source, global_batch_size: int, seed: int = 0, *, shuffle: bool
     read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
     it_ds = ds.to_iter_dataset(read)
     if worker_count > 0:
-        from absl import flags  # grain's workers read absl flags, which a non-absl main never parses
+        from absl import flags  # grain's workers read absl flags; a non-absl main never parses them
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from diffjax.data.arrays import ArraySource, check_labels, resize_image, resize_images
+from diffjax.data.arrays import ArraySource, check_labels, resize_image
 
 RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
 
@@ -98,18 +98,21 @@ def load_tfds(name: str, split: str = "train", data_dir: str | None = None,
         raise ValueError(f"TFDS dataset {name!r} has no split {split!r}; "
                          f"splits: {list(builder.info.splits)}")
     num_classes = getattr(features[label_key], "num_classes", None) if label_key else 1
-    if builder.info.file_format.value in RANDOM_ACCESS_FORMATS:
+    file_format = getattr(builder.info.file_format, "value", builder.info.file_format)
+    if file_format in RANDOM_ACCESS_FORMATS:
         records = builder.as_data_source(split=split)
         return TfdsSource(records, image_key, label_key, resolution, num_classes)
     # tfrecord: no random access, so read the split into memory.
     keys = [image_key] + ([label_key] if label_key else [])
     ds = builder.as_dataset(split=split).map(lambda ex: {k: ex[k] for k in keys})
     rows = list(tfds.as_numpy(ds))
-    images = np.stack([_to_signed_unit(r[image_key]) for r in rows])
-    if images.ndim == 3:
-        images = images[..., None]
+    images = [_to_signed_unit(r[image_key]) for r in rows]
+    images = [im[..., None] if im.ndim == 2 else im for im in images]
     if resolution is not None:
-        images = resize_images(images, resolution)
+        images = [resize_image(im, resolution) for im in images]
+    if len({im.shape for im in images}) > 1:
+        raise ValueError(f"TFDS dataset {name!r} has images of several sizes; pass resolution")
+    images = np.stack(images)
     labels = check_labels(np.array([r[label_key] for r in rows]) if label_key else None,
                           len(rows), f"tfds {name}")
     return ArraySource(images, labels, num_classes=num_classes)

@@ -49,15 +49,15 @@ class GaussianMixture(NamedTuple):
 
     def log_prob(self, x: jax.Array, sigma: jax.Array | float = 0.0) -> jax.Array:
         """log p_sigma(x) for x of shape (..., d); sigma = 0 gives the data density."""
-        return _evaluate(self, x, sigma, 0)
+        return _evaluate(self, *_f32(x, sigma), 0)
 
     def denoise(self, x: jax.Array, sigma: jax.Array | float) -> jax.Array:
         """Exact posterior mean E[x0 | x0 + sigma eps = x], shape (..., d)."""
-        return _evaluate(self, x, sigma, 2)
+        return _evaluate(self, *_f32(x, sigma), 2)
 
     def score(self, x: jax.Array, sigma: jax.Array | float = 0.0) -> jax.Array:
         """grad_x log p_sigma(x) = -sum_k r_k(x) (S_k + sigma^2 I)^-1 (x - mu_k), shape (..., d)."""
-        return _evaluate(self, x, sigma, 1)
+        return _evaluate(self, *_f32(x, sigma), 1)
 
 
 def _diffused(gm: GaussianMixture, x: jax.Array, sigma: jax.Array):
@@ -78,12 +78,16 @@ def _diffused(gm: GaussianMixture, x: jax.Array, sigma: jax.Array):
     return log_p, -(resp @ solved), resp @ post_means
 
 
+def _f32(*arrays) -> list[jax.Array]:
+    """Strongly typed float32 arrays, so Python floats and float32 scalars share one compile."""
+    return [jnp.asarray(a, jnp.float32) for a in arrays]
+
+
 @functools.partial(jax.jit, static_argnames="which")
 def _evaluate(gm: GaussianMixture, x: jax.Array, sigma, which: int) -> jax.Array:
     """Output ``which`` of ``_diffused`` over the leading dims of x, sigma broadcast to them."""
-    x = jnp.asarray(x, jnp.float32)
     batch = x.shape[:-1]
-    sig = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), batch).reshape(-1)
+    sig = jnp.broadcast_to(sigma, batch).reshape(-1)
     out = jax.vmap(lambda xi, si: _diffused(gm, xi, si)[which])(x.reshape(-1, x.shape[-1]), sig)
     return out.reshape(batch + out.shape[1:])
 

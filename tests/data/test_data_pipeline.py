@@ -125,3 +125,5 @@ def test_bad_batch_sizes():
         make_iterator(_source(10), 12, process_count=2, process_index=0)
     with pytest.raises(ValueError, match="process_index"):
         make_iterator(_source(), 4, process_count=2, process_index=2)
+    with pytest.raises(ValueError, match="HWC"):
+        make_iterator(ArraySource(np.zeros((8, 2))), 4, flip=True)
