@@ -67,7 +67,7 @@ def test_conversions_are_inverse():
     sc = Dn.score_from_x0(x, s, x0)
     np.testing.assert_allclose(np.asarray(Dn.x0_from_score(x, s, sc)), np.asarray(x0), rtol=1e-4,
                                atol=1e-4)
-    gmm = analytic.GaussianMixture([[0.0, 1.0], [2.0, -1.0]], [0.5, 0.7])
+    gmm = analytic.diagonal_mixture([[0.0, 1.0], [2.0, -1.0]], [0.5, 0.7])
     y = jax.random.normal(jax.random.PRNGKey(2), (5, 2))
     np.testing.assert_allclose(np.asarray(Dn.score_from_x0(y, 0.8, gmm.denoise(y, 0.8))),
                                np.asarray(gmm.score(y, 0.8)), rtol=1e-4, atol=1e-5)

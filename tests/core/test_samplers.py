@@ -74,7 +74,7 @@ def test_gmm_energy_distance(name):
     """2000 samples from an exact-GMM-denoiser sampler match the mixture. Threshold: mean + 4 sd of
     the energy distance between two independent 2000-draw samples of the true mixture (its null
     distribution, estimated here); a wrong mixture (one mode dropped) must exceed it."""
-    gmm = analytic.GaussianMixture(
+    gmm = analytic.diagonal_mixture(
         means=[[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]], stds=[0.5, 0.8, 0.3], weights=[0.5, 0.3, 0.2])
     null = [_energy_distance(gmm.sample(jax.random.PRNGKey(2 * i), 2000),
                              gmm.sample(jax.random.PRNGKey(2 * i + 1), 2000)) for i in range(12)]
@@ -84,7 +84,7 @@ def test_gmm_energy_distance(name):
     out = S.sample(name, gmm.denoise, sig, key=jax.random.PRNGKey(7), shape=(2000, 2))
     ref_x = gmm.sample(jax.random.PRNGKey(99), 2000)
     assert _energy_distance(out.x, ref_x) < thr
-    wrong = analytic.GaussianMixture(means=[[-4.0, 0.0], [4.0, 0.0]], stds=[0.5, 0.8])
+    wrong = analytic.diagonal_mixture(means=[[-4.0, 0.0], [4.0, 0.0]], stds=[0.5, 0.8])
     assert _energy_distance(wrong.sample(jax.random.PRNGKey(5), 2000), ref_x) > thr
 
 

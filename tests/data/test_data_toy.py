@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import multivariate_normal
 
-from diffjax.data.toy import GaussianMixture, SwissRoll, _evaluate, get_toy, gmm_8, gmm_25
+from diffjax.core.analytic import _evaluate
+from diffjax.data.toy import GaussianMixture, SwissRoll, get_toy, gmm_8, gmm_25
 
 
 def _random_mixture(seed=0, k=3, d=2) -> GaussianMixture:
