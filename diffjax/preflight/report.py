@@ -1,0 +1,248 @@
+"""Pod readiness without a pod: compile the real sharded train step and sampling loop for a device
+list (a deviceless TPU topology, or this machine's CPUs) and read XLA's memory and cost analyses.
+
+The train step is ``training.step.make_train_step`` - the very function the trainer jits - lowered on
+abstract, born-sharded state and batch, so the shardings reported here are the ones a run uses.
+Estimated step time: XLA's ``optimal_seconds`` when it reports one, otherwise the roofline
+max(FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth); utilization = FLOPs / (time * peak).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffjax.preflight import chips as chips_lib
+
+FIT_FRACTION = 0.95  # leave headroom for the runtime's own buffers
+
+
+@dataclasses.dataclass
+class Compiled:
+    name: str
+    argument_bytes: int
+    output_bytes: int
+    alias_bytes: int
+    temp_bytes: int
+    flops: float
+    bytes_accessed: float
+    optimal_seconds: float | None
+    oom: str | None = None          # the compiler's out-of-memory message, if it refused to compile
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.argument_bytes + self.output_bytes - self.alias_bytes + self.temp_bytes
+
+
+@dataclasses.dataclass
+class Report:
+    target: str
+    num_devices: int
+    mesh_shape: dict
+    hbm_bytes: int | None
+    peak_flops: float | None
+    bandwidth: float | None
+    programs: list
+    state_bytes_per_device: int
+    largest_leaves: list          # (path, spec, bytes per device)
+    state_specs: dict             # path -> PartitionSpec string
+
+    def fits(self) -> bool:
+        if self.hbm_bytes is None:
+            return True
+        return all(p.oom is None and p.peak_bytes <= FIT_FRACTION * self.hbm_bytes
+                   for p in self.programs)
+
+    def step_seconds(self, p: Compiled) -> float | None:
+        if p.optimal_seconds is not None and p.optimal_seconds > 0:
+            return p.optimal_seconds
+        if not self.peak_flops:
+            return None
+        return max(p.flops / self.peak_flops, p.bytes_accessed / self.bandwidth)
+
+    def as_dict(self) -> dict:
+        out = {"target": self.target, "devices": self.num_devices, "mesh": self.mesh_shape,
+               "hbm_bytes_per_device": self.hbm_bytes, "fits": self.fits(),
+               "state_bytes_per_device": self.state_bytes_per_device, "programs": {}}
+        for p in self.programs:
+            t = self.step_seconds(p)
+            out["programs"][p.name] = {
+                "argument_bytes": p.argument_bytes, "output_bytes": p.output_bytes,
+                "alias_bytes": p.alias_bytes, "temp_bytes": p.temp_bytes,
+                "peak_bytes": p.peak_bytes, "flops_per_device": p.flops,
+                "bytes_accessed": p.bytes_accessed, "xla_optimal_seconds": p.optimal_seconds,
+                "est_seconds": t,
+                "utilization": (p.flops / (t * self.peak_flops)) if (t and self.peak_flops) else None}
+        return out
+
+
+def _gib(b):
+    return f"{b / 2 ** 30:8.2f} GiB"
+
+
+def format_table(r: Report) -> str:
+    lines = [f"target {r.target}: {r.num_devices} devices, mesh {r.mesh_shape}"
+             + (f", HBM {_gib(r.hbm_bytes).strip()} per device" if r.hbm_bytes else "")]
+    hdr = (f"{'program':<12}{'argument':>14}{'temp':>14}{'output':>14}{'peak':>14}"
+           f"{'HBM use':>9}{'TFLOP/dev':>11}{'est. s':>10}{'util':>7}")
+    lines += [hdr, "-" * len(hdr)]
+    for p in r.programs:
+        t = r.step_seconds(p)
+        use = f"{100 * p.peak_bytes / r.hbm_bytes:7.1f}%" if r.hbm_bytes else "      -"
+        util = (f"{100 * p.flops / (t * r.peak_flops):6.1f}%" if (t and r.peak_flops) else "     -")
+        lines.append(f"{p.name:<12}{_gib(p.argument_bytes):>14}{_gib(p.temp_bytes):>14}"
+                     f"{_gib(p.output_bytes):>14}{_gib(p.peak_bytes):>14}{use:>9}"
+                     f"{p.flops / 1e12:11.3f}{(t if t else float('nan')):10.4f}{util:>7}")
+    for p in r.programs:
+        if p.oom:
+            lines.append(f"{p.name}: does not fit - {p.oom}")
+    lines.append(f"train state per device: {_gib(r.state_bytes_per_device).strip()}; "
+                 f"fits: {'yes' if r.fits() else 'NO'}")
+    return "\n".join(lines)
+
+
+_OOM = re.compile(r"(HLO temporaries|total memory)[^(]*\(([\d.]+)([KMGT]?)\)")
+
+
+def _analyse(name: str, lower) -> Compiled:
+    """Compile ``lower()`` and read its analyses; an HBM out-of-memory refusal becomes a no-fit."""
+    try:
+        compiled = lower().compile()
+    except Exception as e:  # XLA:TPU refuses programs that cannot fit, naming the bytes needed
+        msg = str(e)
+        if "RESOURCE_EXHAUSTED" not in msg and "Ran out of memory" not in msg:
+            raise
+        m = _OOM.search(msg)
+        need = 0
+        if m:
+            need = int(float(m.group(2)) * 2 ** (10 * " KMGT".index(m.group(3) or " ")))
+        return Compiled(name=name, argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=need,
+                        flops=0.0, bytes_accessed=0.0, optimal_seconds=None,
+                        oom=msg.strip().splitlines()[0][:400])
+    m = compiled.memory_analysis()
+    ca = compiled.cost_analysis()
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    ca = ca or {}
+    opt = ca.get("optimal_seconds")
+    return Compiled(name=name, argument_bytes=int(m.argument_size_in_bytes),
+                    output_bytes=int(m.output_size_in_bytes), alias_bytes=int(m.alias_size_in_bytes),
+                    temp_bytes=int(m.temp_size_in_bytes), flops=float(ca.get("flops", 0.0)),
+                    bytes_accessed=float(ca.get("bytes accessed", 0.0)),
+                    optimal_seconds=float(opt) if opt is not None else None)
+
+
+def _leaf_table(abstract_state) -> tuple[int, list, dict]:
+    from diffjax.training.sharding import path_name
+
+    rows, specs = [], {}
+
+    def visit(path, leaf):
+        if not hasattr(leaf, "shape"):
+            return
+        sh = leaf.sharding
+        shard = sh.shard_shape(leaf.shape) if hasattr(sh, "shard_shape") else leaf.shape
+        nbytes = int(np.prod(shard)) * jnp.dtype(leaf.dtype).itemsize
+        name = path_name(path)
+        specs[name] = str(getattr(sh, "spec", ""))
+        rows.append((name, specs[name], nbytes))
+
+    jax.tree_util.tree_map_with_path(visit, abstract_state)
+    rows.sort(key=lambda r: -r[2])
+    return sum(r[2] for r in rows), rows[:8], specs
+
+
+def run(config, devices: Sequence[Any], *, target: str = "cpu", chip: chips_lib.Chip | None = None,
+        per_device_hbm: int | None = None, sample: bool = True) -> Report:
+    """Compile the config's train step (and sampling loop) over ``devices`` and analyse it."""
+    from diffjax.models import registry as model_registry
+    from diffjax.training import sharding, step as step_lib
+
+    if "input_shape" not in config.model or not config.model.input_shape:
+        raise ValueError("config.model.input_shape is needed to compile without data "
+                         "(e.g. (32, 32, 4) for a 256px latent DiT)")
+    example_shape = tuple(config.model.input_shape)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    model = model_registry.build_model(config.model)
+    ts = step_lib.make_train_step(config, model, mesh, example_shape=example_shape)
+    programs = [_analyse("train_step",
+                         lambda: ts.jit_step().lower(ts.abstract_state, ts.abstract_batch))]
+    if sample:
+        programs.append(_analyse("sample_loop", lambda: _lower_sampler(config, ts, example_shape)))
+    total, largest, specs = _leaf_table(ts.abstract_state)
+    return Report(target=target, num_devices=len(devices), mesh_shape=dict(mesh.shape),
+                  hbm_bytes=per_device_hbm, peak_flops=None if chip is None else chip.peak_bf16_flops,
+                  bandwidth=None if chip is None else chip.hbm_bandwidth, programs=programs,
+                  state_bytes_per_device=total, largest_leaves=largest, state_specs=specs)
+
+
+def _lower_sampler(config, ts, example_shape):
+    """The sampling loop as ``diffjax sample`` runs it: scan over steps, CFG batched, params sharded."""
+    from diffjax.core import denoisers, samplers, timesteps
+    from diffjax.guidance import classifier_free
+    from diffjax.training import sharding
+
+    batch = ts.micro_batch
+    sig = timesteps.sigmas(ts.process, int(config.sample.steps), config.sample.spacing)
+    shape = (batch,) + example_shape
+    null = None
+    if ts.conditional:
+        null = int(config.model.num_classes)
+
+    def fn(params, key, labels, guidance):
+        D = denoisers.bind(ts.den, params)
+        cond = None
+        if null is not None:
+            cond = {"label": labels}
+            D = classifier_free(D, null, guidance)
+        return samplers.sample(config.sample.sampler, D, sig, key=key, shape=shape, cond=cond,
+                               process=ts.process).x
+
+    p_abs = ts.abstract_state.params
+    p_sh = ts.state_shardings.params
+    rep = sharding.replicated(ts.mesh)
+    bsh = ts.batch_sharding
+    key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=bsh)
+    g = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
+    return jax.jit(fn, in_shardings=(p_sh, rep, bsh, rep),
+                   out_shardings=bsh).lower(p_abs, key, labels, g)
+
+
+def tpu(config, topology: str, *, sample: bool = True) -> Report:
+    """Preflight on a deviceless TPU topology, e.g. 'v5p:4x4x4'."""
+    chip, dims = chips_lib.parse(topology)
+    devs = chips_lib.devices(topology)
+    per_device = chip.hbm_bytes * math.prod(dims) // len(devs)
+    per_chip_scale = len(devs) / math.prod(dims)
+    c = dataclasses.replace(chip, peak_bf16_flops=chip.peak_bf16_flops / per_chip_scale,
+                            hbm_bandwidth=chip.hbm_bandwidth / per_chip_scale)
+    return run(config, devs, target=topology, chip=c, per_device_hbm=per_device, sample=sample)
+
+
+def advice(r: Report) -> str:
+    """Why it does not fit, naming the largest buffers and the config knob to change."""
+    worst = max(r.programs, key=lambda p: p.peak_bytes)
+    lines = [f"{worst.name} needs {_gib(worst.peak_bytes).strip()} per device but "
+             f"{_gib(FIT_FRACTION * r.hbm_bytes).strip()} is usable "
+             f"({FIT_FRACTION:.0%} of {_gib(r.hbm_bytes).strip()} HBM)."]
+    if worst.oom:
+        lines.append(f"XLA refused to compile it: {worst.oom}")
+    lines.append("largest train-state arrays per device (path, sharding spec, bytes):")
+    for name, spec, b in r.largest_leaves[:5]:
+        lines.append(f"  {name:<60} {spec:<28} {_gib(b).strip()}")
+    fsdp = r.mesh_shape.get("fsdp", 1)
+    if worst.temp_bytes >= worst.argument_bytes:
+        lines.append(f"temporaries ({_gib(worst.temp_bytes).strip()}) dominate: lower config.batch_size "
+                     "or raise config.optim.accum_steps (smaller micro-batch), or spread the batch over "
+                     "more devices.")
+    else:
+        lines.append(f"the train state dominates: raise config.mesh.fsdp (now {fsdp}) so rule "
+                     "('.*', 'fsdp') in config.sharding.rules splits parameters and optimizer moments "
+                     "over more devices, or lower config.sharding.min_size.")
+    return "\n".join(lines)

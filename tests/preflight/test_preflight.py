@@ -1,0 +1,105 @@
+"""Deviceless TPU preflight: fit / no-fit, FSDP scaling, clear errors, and the same shardings as a
+real (CPU) run. Tests that compile for TPU skip when libtpu (the 'tpu' extra) is not installed."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from diffjax import preflight
+from diffjax.training.config import base
+
+needs_libtpu = pytest.mark.skipif(
+    not preflight.libtpu_available(),
+    reason="libtpu not installed: pip install -e '.[tpu]' to compile for deviceless TPU topologies")
+
+
+def _small_config(batch=16, fsdp=1, **model):
+    c = base("dit_tiny", **model)
+    c.model.input_shape = (16, 16, 3)
+    c.batch_size = batch
+    c.mesh.fsdp = fsdp
+    c.sample.steps = 4
+    c.sample.sampler = "dpmpp_2m"
+    c.sharding.min_size = 2 ** 8
+    return c
+
+
+def test_unknown_topology_is_a_clear_error():
+    for bad in ["v9:2x2", "garbage", "v5e-2x2", "v5p:4"]:
+        with pytest.raises(ValueError, match="unknown TPU topology"):
+            preflight.parse(bad)
+
+
+@needs_libtpu
+def test_libtpu_rejects_impossible_slice_clearly():
+    with pytest.raises(ValueError, match="libtpu rejected topology 'v5e:3x3'"):
+        preflight.devices("v5e:3x3")
+
+
+@needs_libtpu
+def test_small_model_fits_on_v5e_2x2():
+    r = preflight.tpu(_small_config(), "v5e:2x2")
+    assert r.num_devices == 4 and r.hbm_bytes == 16 * 2 ** 30
+    assert r.fits()
+    names = [p.name for p in r.programs]
+    assert names == ["train_step", "sample_loop"]
+    train = r.programs[0]
+    assert train.flops > 0 and train.argument_bytes > 0
+    d = r.as_dict()
+    assert d["programs"]["train_step"]["est_seconds"] > 0
+    json.dumps(d)
+    assert "train_step" in preflight.format_table(r)
+
+
+@needs_libtpu
+def test_batch_far_too_large_does_not_fit_and_advice_names_the_knob():
+    r = preflight.tpu(_small_config(batch=1 << 21), "v5e:2x2", sample=False)
+    assert not r.fits()
+    msg = preflight.advice(r)
+    assert "config.batch_size" in msg and "temporaries" in msg
+
+
+@needs_libtpu
+def test_doubling_fsdp_halves_state_bytes_per_chip():
+    """Parameters + optimizer moments + EMA per chip halve when the fsdp axis doubles."""
+    a = preflight.tpu(_small_config(batch=8, fsdp=2), "v5p:2x2x1", sample=False)
+    b = preflight.tpu(_small_config(batch=8, fsdp=4), "v5p:2x2x1", sample=False)
+    ratio = b.state_bytes_per_device / a.state_bytes_per_device
+    assert 0.45 < ratio < 0.6, ratio
+    arg_ratio = b.programs[0].argument_bytes / a.programs[0].argument_bytes
+    assert arg_ratio < 0.8, arg_ratio   # the compiled program's arguments (state + batch) shrink too
+
+
+_SAME_SHARDINGS = r"""
+import jax, json
+from diffjax.preflight import report
+from diffjax.models import registry
+from diffjax.training import sharding, step as step_lib
+from diffjax.training.config import base
+c = base("dit_tiny")
+c.model.input_shape = (16, 16, 3)
+c.batch_size = 16
+c.mesh.fsdp = 4
+c.sharding.min_size = 2 ** 8
+r = report.run(c, jax.devices(), sample=False)
+mesh = sharding.make_mesh(c.mesh)
+ts = step_lib.make_train_step(c, registry.build_model(c.model), mesh, example_shape=(16, 16, 3))
+state = ts.jit_init()(jax.random.key(0))           # what the trainer creates
+live = {}
+jax.tree_util.tree_map_with_path(
+    lambda p, x: live.__setitem__(sharding.path_name(p), str(x.sharding.spec)), state)
+print(json.dumps({"report": r.state_specs, "live": live}))
+"""
+
+
+def test_cpu_preflight_reports_the_shardings_training_uses():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _SAME_SHARDINGS], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(
+                             os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = json.loads(out.stdout.strip().splitlines()[-1])
+    assert d["report"] == d["live"]
+    assert any("fsdp" in s for s in d["live"].values()), "some parameters must be FSDP-sharded"
