@@ -63,29 +63,42 @@ def test_ode_convergence_order(name, order):
     assert order - 0.35 < slope < order + 0.6, (name, errs, slope)
 
 
+@jax.jit
 def _energy_distance(a, b):
     def mean_dist(u, v):
         return jnp.mean(jnp.sqrt(jnp.sum((u[:, None] - v[None]) ** 2, -1) + 1e-12))
-    return float(2 * mean_dist(a, b) - mean_dist(a, a) - mean_dist(b, b))
+    return 2 * mean_dist(a, b) - mean_dist(a, a) - mean_dist(b, b)
+
+
+GMM = analytic.diagonal_mixture(means=[[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]], stds=[0.5, 0.8, 0.3],
+                                weights=[0.5, 0.3, 0.2])
+
+
+@pytest.fixture(scope="module")
+def gmm_threshold():
+    """Null distribution of the energy distance between two independent 2000-draw samples of the
+    true mixture; threshold = its mean + 4 sd (estimated from 10 pairs)."""
+    null = [float(_energy_distance(GMM.sample(jax.random.PRNGKey(2 * i), 2000),
+                                   GMM.sample(jax.random.PRNGKey(2 * i + 1), 2000)))
+            for i in range(10)]
+    return float(np.mean(null) + 4 * np.std(null))
+
+
+def test_gmm_threshold_rejects_a_wrong_mixture(gmm_threshold):
+    wrong = analytic.diagonal_mixture(means=[[-4.0, 0.0], [4.0, 0.0]], stds=[0.5, 0.8])
+    ref_x = GMM.sample(jax.random.PRNGKey(99), 2000)
+    assert float(_energy_distance(wrong.sample(jax.random.PRNGKey(5), 2000), ref_x)) > gmm_threshold
 
 
 @pytest.mark.parametrize("name", ["ddpm", "heun", "dpmpp_2m", "unipc"])
-def test_gmm_energy_distance(name):
-    """2000 samples from an exact-GMM-denoiser sampler match the mixture. Threshold: mean + 4 sd of
-    the energy distance between two independent 2000-draw samples of the true mixture (its null
-    distribution, estimated here); a wrong mixture (one mode dropped) must exceed it."""
-    gmm = analytic.diagonal_mixture(
-        means=[[-4.0, 0.0], [4.0, 0.0], [0.0, 4.0]], stds=[0.5, 0.8, 0.3], weights=[0.5, 0.3, 0.2])
-    null = [_energy_distance(gmm.sample(jax.random.PRNGKey(2 * i), 2000),
-                             gmm.sample(jax.random.PRNGKey(2 * i + 1), 2000)) for i in range(12)]
-    thr = np.mean(null) + 4 * np.std(null)
-    sig = (T.sigmas(P.get("vp_discrete"), 200, "leading") if name == "ddpm"
-           else T.sigmas(P.get("edm"), 50, "karras"))
-    out = S.sample(name, gmm.denoise, sig, key=jax.random.PRNGKey(7), shape=(2000, 2))
-    ref_x = gmm.sample(jax.random.PRNGKey(99), 2000)
-    assert _energy_distance(out.x, ref_x) < thr
-    wrong = analytic.diagonal_mixture(means=[[-4.0, 0.0], [4.0, 0.0]], stds=[0.5, 0.8])
-    assert _energy_distance(wrong.sample(jax.random.PRNGKey(5), 2000), ref_x) > thr
+def test_gmm_energy_distance(name, gmm_threshold):
+    """2000 samples from a sampler driven by the exact GMM denoiser match the mixture: their energy
+    distance to 2000 true draws is within the null threshold."""
+    sig = (T.sigmas(P.get("vp_discrete"), 100, "leading") if name == "ddpm"
+           else T.sigmas(P.get("edm"), 40, "karras"))
+    out = S.sample(name, GMM.denoise, sig, key=jax.random.PRNGKey(7), shape=(2000, 2))
+    ref_x = GMM.sample(jax.random.PRNGKey(99), 2000)
+    assert float(_energy_distance(out.x, ref_x)) < gmm_threshold
 
 
 # --- independent NumPy reference ---------------------------------------------------------------
