@@ -98,7 +98,8 @@ class DiCo(nn.Module):
         if hgt % 4 or wid % 4:
             raise ValueError(f"DiCo needs a resolution divisible by 4, got {(hgt, wid)}")
         if len(self.depths) != 5:
-            raise ValueError(f"depths must have 5 entries (enc1, enc2, mid, dec2, dec1), got {self.depths}")
+            raise ValueError("depths must have 5 entries (enc1, enc2, mid, dec2, dec1), "
+                             f"got {self.depths}")
         C = self.hidden_size
         out_ch = (self.out_channels or cin) * (2 if self.learn_sigma else 1)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)

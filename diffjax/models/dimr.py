@@ -69,7 +69,8 @@ class DiMRBlock(nn.Module):
         if self.block_type == "transformer":
             h = TDRMSNorm(name="norm1", **kw)(x, tau)
             qkv = nn.Dense(3 * d, use_bias=False, kernel_init=trunc002, name="qkv", **kw)(h)
-            q, k, v = einops.rearrange(qkv, "b l (three h e) -> three b l h e", three=3, h=self.num_heads)
+            q, k, v = einops.rearrange(qkv, "b l (three h e) -> three b l h e", three=3,
+                                       h=self.num_heads)
             h = einops.rearrange(attention(q, k, v), "b l h e -> b l (h e)")
             h = nn.Dense(d, kernel_init=trunc002, name="proj", **kw)(h)
         else:

@@ -107,7 +107,7 @@ class Mlp(nn.Module):
 
 
 class AdaLNModulation(nn.Module):
-    """SiLU -> Dense(n * D), zero-initialised (adaLN-Zero, Peebles & Xie 2023). Returns n (B, D) chunks."""
+    """SiLU -> Dense(n * D), zero-initialised (adaLN-Zero, Peebles & Xie 2023) -> n chunks (B, D)."""
 
     n: int
     features: int

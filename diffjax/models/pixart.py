@@ -68,13 +68,14 @@ class PixArtFinalLayer(nn.Module):
         d = x.shape[-1]
         table = self.param("scale_shift_table", table_init, (2, d), self.param_dtype)
         shift, scale = table[0][None] + t, table[1][None] + t
-        x = modulate(plain_layer_norm(self.dtype)(x), shift.astype(self.dtype), scale.astype(self.dtype))
+        shift, scale = shift.astype(self.dtype), scale.astype(self.dtype)
+        x = modulate(plain_layer_norm(self.dtype)(x), shift, scale)
         return nn.Dense(self.patch_size ** 2 * self.out_channels, kernel_init=zeros, name="linear",
                         dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
 class PixArt(nn.Module):
-    """PixArt-alpha. ``apply(v, x, noise_labels, labels=None, context=None, *, context_mask, train)``."""
+    """PixArt-alpha: ``apply(v, x, noise_labels, labels, context, *, context_mask, train)``."""
 
     patch_size: int = 2
     hidden_size: int = 1152
@@ -126,7 +127,8 @@ class PixArt(nn.Module):
         if context.shape[-1] != self.context_dim:
             raise ValueError(f"context has width {context.shape[-1]}, expected {self.context_dim}")
         ctx = nn.Dense(d, kernel_init=normal002, name="caption_fc1", **kw)(context.astype(self.dtype))
-        ctx = nn.Dense(d, kernel_init=normal002, name="caption_fc2", **kw)(nn.gelu(ctx, approximate=True))
+        ctx = nn.Dense(d, kernel_init=normal002, name="caption_fc2", **kw)(
+            nn.gelu(ctx, approximate=True))
         if train and self.cep_gamma > 0 and not null:
             ctx = cep_perturb(self.make_rng("cep"), ctx, self.cep_gamma, self.cep_kind)
 

@@ -1,10 +1,10 @@
 """Named model configurations (published sizes and tiny CPU-trainable ones).
 
 ``registry.get_preset(name)`` turns a preset into a locked ``ml_collections.ConfigDict``: ``name``
-picks the model class in the registry, ``input_shape`` (H, W, C) or (L, C) records the input it was published for (used only for
-parameter counting), and every other key is a field of that model. Published-size presets use
-``learn_sigma=False`` so their output matches x (what the core denoiser expects); set it to True for
-the papers' exact parameter counts (the difference is one output layer).
+picks the model class in the registry, ``input_shape`` (H, W, C) or (L, C) records the input it was
+published for (used only for parameter counting), and every other key is a field of that model.
+Published-size presets use ``learn_sigma=False`` so their output matches x (what the core denoiser
+expects); set it to True for the papers' exact parameter counts (the difference is one output layer).
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ _DICO_SIZES = {"s": (128, (5, 4, 4, 4, 4), 2.0), "b": (256, (5, 4, 4, 4, 4), 2.0
 for _size, (_c, _depths, _m) in _DICO_SIZES.items():
     _register(f"dico_{_size}", name="dico", input_shape=(32, 32, 4), hidden_size=_c, depths=_depths,
               mlp_ratio=_m, num_classes=1000)
-_register("dico_tiny", name="dico", input_shape=(16, 16, 3), hidden_size=16, depths=(1, 1, 1, 1, 1),
+_register("dico_tiny", name="dico", input_shape=(16, 16, 3), hidden_size=16, depths=(1, 1, 1, 1, 2),
           mlp_ratio=2.0)
 
 # ---- DiMR (Liu et al. 2024): XL/2R 505M, G/2R 1.06B ---------------------------------------------
@@ -74,7 +74,7 @@ _register("dimr_g_2r", name="dimr", input_shape=(32, 32, 4), dims=(1152, 576),
           mlp_dims=(2304, 1152), num_blocks=(57, 29), num_heads=16, kernel_size=7, max_size=32,
           num_classes=1000)
 _register("dimr_tiny", name="dimr", input_shape=(16, 16, 3), dims=(32, 16), mlp_dims=(64, 32),
-          num_blocks=(3, 2), num_heads=4, kernel_size=3, max_size=16)
+          num_blocks=(1, 2), num_heads=4, kernel_size=3, max_size=16)
 
 # ---- Classifiers --------------------------------------------------------------------------------
 _register("noisy_classifier_tiny", name="noisy_classifier", input_shape=(16, 16, 3), num_classes=10,

@@ -136,4 +136,5 @@ def count_params(config_or_module, input_shape: Optional[Sequence[int]] = None) 
         input_shape = input_shape or config_or_module["input_shape"]
     if input_shape is None:
         raise ValueError("count_params needs an input_shape")
-    return int(sum(np.prod(a.shape) for a in jax.tree_util.tree_leaves(param_shapes(module, input_shape))))
+    leaves = jax.tree_util.tree_leaves(param_shapes(module, input_shape))
+    return int(sum(np.prod(a.shape) for a in leaves))

@@ -67,7 +67,8 @@ class TDLayerNorm(nn.Module):
         y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
         y = y * expand_like(TimeDependentParameter((d,), 1.0, self.param_dtype, name="weight")(tau), y)
         if self.use_bias:
-            y = y + expand_like(TimeDependentParameter((d,), 0.0, self.param_dtype, name="bias")(tau), y)
+            bias = TimeDependentParameter((d,), 0.0, self.param_dtype, name="bias")(tau)
+            y = y + expand_like(bias, y)
         return y.astype(self.dtype)
 
 

@@ -11,7 +11,7 @@ L must be divisible by 2^(len(channel_mult) - 1); attention runs where the curre
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Sequence
 
 import jax
 

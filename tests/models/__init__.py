@@ -1,0 +1,1 @@
+"""Model zoo tests: shapes, published parameter counts, zero-init identities, conditioning, training."""
