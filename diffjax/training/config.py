@@ -1,0 +1,69 @@
+"""Every key the trainer reads, with defaults; ``configs/*.py`` start from ``base(...)`` and override.
+
+Configs are locked by the CLI (``config_flags.DEFINE_config_file(..., lock_config=True)``), so an
+override of a key that is not here (``--config.optim.lrr=1``) or of the wrong type fails and names
+the key. Sections:
+    data        passed to diffjax.data.registry.get_source (+ ``flip``: random horizontal flips)
+    model       a models preset (registry.get_preset) with overrides; ``dtype='bfloat16'`` computes
+                in bf16 while params (``param_dtype``) and the optimizer stay float32
+    diffusion   process / parameterization / loss (core/losses.py make_loss arguments)
+    optim       AdamW + warmup + cosine/constant, clipping, gradient accumulation (optim.py)
+    ema         decays and EDM2 power-EMA widths (ema.py)
+    mesh        ordered axes {'data': -1, 'fsdp': 1}; sharding: rules + min_size (sharding.py)
+    checkpoint  every (optimizer steps), keep, async_save
+    sample      periodic grids and the defaults of ``diffjax sample``; params: 'params' or an EMA name;
+                batch_size: examples per sampling call (grids and evaluation share one compile)
+    eval        FD + class accuracy (evaluation.py); every (0 = only at the end), at_end
+"""
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
+    """The full default config around a model preset (unlocked; the caller overrides fields)."""
+    from diffjax.models import registry
+
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.total_steps = 1000
+    c.batch_size = 128
+    c.log_every = 50
+
+    c.data = ml_collections.ConfigDict(dict(name="digits", split="train", resolution=16,
+                                            flip=False))
+
+    model = registry.get_preset(model_preset)
+    model.unlock()
+    for k, v in model_overrides.items():
+        if k not in model:
+            raise ValueError(f"model preset {model_preset!r} has no field {k!r}")
+        model[k] = v
+    c.model = model
+
+    c.diffusion = ml_collections.ConfigDict(dict(
+        process="edm", process_kwargs=ml_collections.ConfigDict(), parameterization="edm",
+        weighting="native", t_sampler="lognormal", p_mean=-1.2, p_std=1.2, sigma_data=0.5,
+        min_snr_gamma=5.0, label_dropout=0.0))
+
+    c.optim = ml_collections.ConfigDict(dict(
+        lr=1e-3, schedule="cosine", warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.999, eps=1e-8,
+        weight_decay=0.0, grad_clip=1.0, accum_steps=1))
+
+    c.ema = ml_collections.ConfigDict(dict(decays=(0.999,), power_stds=(0.1,)))
+
+    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
+    c.sharding = ml_collections.ConfigDict(dict(rules=((".*", "fsdp"),), min_size=2 ** 14))
+
+    c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
+
+    c.sample = ml_collections.ConfigDict(dict(
+        every=0, num=100, batch_size=100, sampler="heun", steps=18, spacing="karras",
+        guidance=1.0, params="power_0.1"))
+
+    c.eval = ml_collections.ConfigDict(dict(
+        every=0, at_end=True, num_samples=500, sampler="heun", steps=18, guidance=1.0,
+        classifier="classifier_tiny", classifier_steps=500,
+        classifier_resolution=config_dict.placeholder(int)))
+    return c

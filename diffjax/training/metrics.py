@@ -1,0 +1,150 @@
+"""Metric writers, progress reports and sample pictures.
+
+``make_writer(workdir)`` is clu's default writer (TensorBoard event files + console logging) plus a
+JSON-lines file ``workdir/metrics.jsonl`` with one ``{"step": s, name: value, ...}`` per write, easy
+to read back in a notebook or a test. Only process 0 writes files; the others just log.
+``progress(...)`` is clu's ReportProgress (steps/s and ETA in the log and in TensorBoard).
+``to_picture`` turns samples into one uint8 picture: a grid for images, a density plot for 2-D points.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from clu import metric_writers, periodic_actions
+from clu.metric_writers import interface
+
+
+class JsonlWriter(interface.MetricWriter):
+    """Appends scalar writes to a JSON-lines file (other summary kinds are ignored)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._f = open(path, "a", encoding="utf-8")
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]):
+        row = {"step": int(step)}
+        row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+        self._f.write(json.dumps(row) + "\n")
+
+    def write_summaries(self, step, values, metadata=None):
+        pass
+
+    def write_images(self, step, images):
+        pass
+
+    def write_videos(self, step, videos):
+        pass
+
+    def write_audios(self, step, audios, *, sample_rate):
+        pass
+
+    def write_texts(self, step, texts):
+        pass
+
+    def write_histograms(self, step, arrays, num_buckets=None):
+        pass
+
+    def write_hparams(self, hparams):
+        pass
+
+    def flush(self):
+        self._f.flush()
+
+    def close(self):
+        self._f.close()
+
+
+def make_writer(workdir: str) -> metric_writers.MetricWriter:
+    """TensorBoard + console (+ metrics.jsonl) on process 0; console only elsewhere."""
+    if jax.process_index() > 0:
+        return metric_writers.create_default_writer(None, just_logging=True)
+    os.makedirs(workdir, exist_ok=True)
+    default = metric_writers.create_default_writer(workdir, asynchronous=False)
+    return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+class _QuietLibraries(logging.Filter):
+    """Drop INFO chatter from orbax and grain (their warnings and errors still show)."""
+
+    def filter(self, record):
+        noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
+        return not (noisy and record.levelno < logging.WARNING)
+
+
+def setup_logging():
+    """INFO-level console logs from diffjax and clu; orbax/grain only from WARNING up."""
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    logger = logging.getLogger("absl")
+    if not any(isinstance(f, _QuietLibraries) for f in logger.filters):
+        logger.addFilter(_QuietLibraries())
+
+
+def progress(num_train_steps: int, writer, every_secs: float = 30.0):
+    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
+                                           every_secs=every_secs)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def image_grid(images: np.ndarray, ncol: int | None = None, pad: int = 1) -> np.ndarray:
+    """(N, H, W, C) in [-1, 1] -> uint8 (rows*(H+pad)+pad, cols*(W+pad)+pad, C) grid."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4:
+        raise ValueError(f"image_grid needs (N, H, W, C) images, got shape {images.shape}")
+    n, h, w, c = images.shape
+    ncol = ncol or int(math.ceil(math.sqrt(n)))
+    nrow = int(math.ceil(n / ncol))
+    u8 = np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    grid = np.zeros((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), np.uint8)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h,
+             pad + q * (w + pad): pad + q * (w + pad) + w] = u8[i]
+    return grid
+
+
+def points_picture(points: np.ndarray, size: int = 256, lim: float | None = None) -> np.ndarray:
+    """2-D points -> uint8 (size, size, 1) log-density picture over [-lim, lim]^2."""
+    points = np.asarray(points, np.float32)
+    lim = lim or float(max(np.abs(points).max(), 1e-3) * 1.05)
+    hist, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=size,
+                                range=[[-lim, lim], [-lim, lim]])
+    img = np.log1p(hist[::-1])
+    img = img / max(img.max(), 1e-9)
+    return (255 - np.round(img * 255)).astype(np.uint8)[..., None]
+
+
+def to_picture(samples: np.ndarray, ncol: int | None = None) -> np.ndarray:
+    """A uint8 HWC picture of ``samples``: an image grid, or a density plot of 2-D points."""
+    samples = np.asarray(samples)
+    if samples.ndim == 4:
+        return image_grid(samples, ncol)
+    if samples.ndim == 2 and samples.shape[1] == 2:
+        return points_picture(samples)
+    raise ValueError(f"cannot draw samples of shape {samples.shape}; expected (N, H, W, C) images "
+                     "or (N, 2) points")
+
+
+def save_png(picture: np.ndarray, path: str, upscale: int = 1) -> str:
+    """Write a uint8 HWC picture (1 or 3 channels) as PNG, optionally enlarged (nearest)."""
+    from PIL import Image
+
+    pic = np.asarray(picture, np.uint8)
+    if upscale > 1:
+        pic = pic.repeat(upscale, 0).repeat(upscale, 1)
+    if pic.shape[-1] == 1:
+        pic = pic[..., 0]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(pic).save(path)
+    return path

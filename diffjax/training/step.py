@@ -1,0 +1,154 @@
+"""The train step, built once from the config and used unchanged on 1 CPU, 8 simulated devices,
+several processes, and for ahead-of-time compilation on a device list (TPU pre-flight).
+
+    ts = make_train_step(config, model, mesh, example_shape=(16, 16, 1))
+    state = ts.jit_init()(jax.random.key(config.seed))      # born sharded: out_shardings
+    state, metrics = ts.jit_step()(state, batch)             # batch: global arrays on ts.batch_sharding
+    ts.jit_step().lower(ts.abstract_state, ts.abstract_batch).compile()   # no data, no devices touched
+
+One step (Karras et al. 2022 / Ho et al. 2020 denoising score matching from core/losses.py):
+    key = fold_in(state.rng, state.step);  (loss, aux), g = value_and_grad(loss_fn)(params, batch, key)
+    params <- params + tx.update(g)   (clip, AdamW, schedule; MultiSteps when accumulating)
+    ema    <- ema.update(ema, params, k) only on steps where the optimizer applied an update.
+Every input is a pure function of (state, batch), so a resumed run repeats an uninterrupted one
+bit for bit, and the noise draws do not depend on how the batch is sharded (threefry is
+partitionable).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from diffjax.core import denoisers, losses, processes
+from diffjax.training import ema as ema_lib
+from diffjax.training import optim, sharding
+from diffjax.training import state as state_lib
+
+
+class TrainStep(NamedTuple):
+    init: Callable          # key -> TrainState (pure)
+    step: Callable          # (TrainState, batch) -> (TrainState, metrics) (pure)
+    mesh: Any
+    state_shardings: Any
+    batch_sharding: Any
+    abstract_state: Any     # ShapeDtypeStructs with shardings
+    abstract_batch: Any
+    schedule: Callable
+    den: Callable           # den(params, x, sigma, cond, train=False) -> x0_hat
+    process: Any
+    conditional: bool
+    micro_batch: int
+
+    def jit_init(self):
+        return jax.jit(self.init, out_shardings=self.state_shardings)
+
+    def init_state(self, key):
+        """``jit_init()(key)``; on CPU compiled without LLVM optimisation (it runs once, and its
+        compile otherwise costs as much as the train step's)."""
+        lowered = self.jit_init().lower(key)
+        cpu = self.mesh.devices.flat[0].platform == "cpu"
+        opts = {"xla_backend_optimization_level": 0} if cpu else None
+        return lowered.compile(compiler_options=opts)(key)
+
+    def jit_step(self):
+        return jax.jit(self.step, in_shardings=(self.state_shardings, self.batch_sharding),
+                       out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                       donate_argnums=(0,))
+
+
+def num_classes(model) -> int:
+    return int(getattr(model, "num_classes", 0) or 0)
+
+
+def make_process(cfg):
+    return processes.get(cfg.process, **dict(cfg.get("process_kwargs", None) or {}))
+
+
+def model_shape(example_shape) -> tuple:
+    """The shape the network sees: vectors (D,) (e.g. 2-D toy points) become length-D sequences of
+    one channel, (D, 1), for the sequence models; everything else is unchanged."""
+    example_shape = tuple(example_shape)
+    return example_shape + (1,) if len(example_shape) == 1 else example_shape
+
+
+def make_denoiser(config, model, process, example_shape=None):
+    """den(params, x, sigma, cond, train, rngs) wrapping ``model.apply`` with the config's parameterization."""
+    if example_shape is not None and len(example_shape) == 1:
+        apply_fn = lambda p, x, *a, **k: model.apply({"params": p}, x[..., None], *a, **k)[..., 0]
+    else:
+        apply_fn = lambda p, *a, **k: model.apply({"params": p}, *a, **k)
+    return denoisers.from_network(apply_fn, process, config.diffusion.parameterization,
+                                  sigma_data=config.diffusion.sigma_data)
+
+
+def example_inputs(model, example_shape, batch: int = 1):
+    x = jnp.zeros((batch,) + model_shape(example_shape), jnp.float32)
+    t = jnp.zeros((batch,), jnp.float32)
+    if num_classes(model):
+        return x, t, jnp.zeros((batch,), jnp.int32)
+    return x, t
+
+
+def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
+    """Build the pure init/step functions and their shardings from ``config`` (see module doc)."""
+    d = config.diffusion
+    process = make_process(d)
+    den = make_denoiser(config, model, process, example_shape)
+    classes = num_classes(model)
+    if d.label_dropout > 0 and not classes:
+        raise ValueError("config.diffusion.label_dropout > 0 needs a class-conditional model "
+                         "(config.model.num_classes > 0)")
+    loss_fn = losses.make_loss(den, process, weighting=d.weighting, t_sampler=d.t_sampler,
+                               min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data,
+                               label_dropout=d.label_dropout,
+                               null_label=classes if classes else None, p_mean=d.p_mean,
+                               p_std=d.p_std)
+    accum = int(config.optim.accum_steps)
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+    ema_names = ema_lib.names(config.ema)
+    if config.batch_size % accum:
+        raise ValueError(f"config.batch_size {config.batch_size} is not divisible by "
+                         f"config.optim.accum_steps {accum}")
+    micro = config.batch_size // accum
+    if micro % sharding.batch_divisor(mesh):
+        raise ValueError(f"the micro-batch {micro} (config.batch_size / accum_steps) is not divisible "
+                         f"by the {sharding.batch_divisor(mesh)} batch shards of mesh {dict(mesh.shape)}")
+
+    def init(key):
+        k_param, k_state = jax.random.split(key)
+        params = model.init(k_param, *example_inputs(model, example_shape))["params"]
+        params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+        return state_lib.create(params, tx, ema_lib.init(params, ema_names), k_state)
+
+    def step(st, batch):
+        if not classes:
+            batch = {k: v for k, v in batch.items() if k != "label"}
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(st.params, batch,
+                                                                     st.step_key())
+        updates, opt_state = tx.update(grads, st.opt_state, st.params)
+        params = optax.apply_updates(st.params, updates)
+        new_step = st.step + 1
+        k = optim.optimizer_step(opt_state, new_step, accum)
+        new_ema = ema_lib.update(st.ema, params, k)
+        if accum > 1:
+            upd = optim.has_updated(opt_state)
+            new_ema = jax.tree.map(lambda n, o: jnp.where(upd, n, o), new_ema, st.ema)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+                   "lr": schedule(jnp.maximum(k - 1, 0)),
+                   "param_norm": optax.global_norm(params)}
+        return st.replace(step=new_step, params=params, opt_state=opt_state, ema=new_ema), metrics
+
+    rules = [tuple(r) for r in config.sharding.rules]
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    state_sh = sharding.tree_shardings(shapes, mesh, rules, config.sharding.min_size)
+    batch_sh = sharding.batch_sharding(mesh)
+    abstract_batch = {"x": jax.ShapeDtypeStruct((micro,) + tuple(example_shape), jnp.float32,
+                                                sharding=batch_sh),
+                      "label": jax.ShapeDtypeStruct((micro,), jnp.int32, sharding=batch_sh)}
+    return TrainStep(init=init, step=step, mesh=mesh, state_shardings=state_sh,
+                     batch_sharding=batch_sh, abstract_state=sharding.abstract(shapes, state_sh),
+                     abstract_batch=abstract_batch, schedule=schedule, den=den, process=process,
+                     conditional=bool(classes), micro_batch=micro)

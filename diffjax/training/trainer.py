@@ -1,0 +1,229 @@
+"""The train loop: everything is built from the config, then one readable loop.
+
+    summary = train(config, workdir)
+
+Phases: setup (mesh, data, model, step, checkpoints) -> resume or init -> loop -> final save and
+evaluation. Inside the loop each micro-step
+    1. reads a batch (each process its own shard) and assembles the global array,
+    2. runs the jitted step (step.py),
+    3. checks the *previous* step's loss (so the host never waits on the step it just launched;
+       a NaN/Inf stops the run with the step and the last good checkpoint named),
+    4. logs, saves (async), draws sample grids and evaluates on their cadences,
+    5. polls the SIGTERM flag: on preemption it saves synchronously and returns cleanly.
+A rerun with the same workdir resumes from the latest checkpoint (state + data position), and its
+losses equal those of an uninterrupted run. Cadences are in optimizer steps; with gradient
+accumulation checkpoints are named by micro-step (= state.step).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from diffjax.core import samplers
+from diffjax.training import checkpoint, evaluation, metrics, sampling, sharding
+from diffjax.training import step as step_lib
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or Inf."""
+
+
+def validate_config(config):
+    """Errors that name the offending key, for values a type check cannot catch."""
+    if config.total_steps < 1:
+        raise ValueError(f"config.total_steps must be >= 1, got {config.total_steps}")
+    if config.batch_size < 1:
+        raise ValueError(f"config.batch_size must be >= 1, got {config.batch_size}")
+    for key in ("sample.sampler", "eval.sampler"):
+        section, name = key.split(".")
+        value = config[section][name]
+        if value not in samplers.SAMPLERS:
+            raise ValueError(f"config.{key}: unknown sampler {value!r}; expected one of "
+                             f"{sorted(samplers.SAMPLERS)}")
+    for key in ("log_every", "checkpoint.every", "sample.every", "eval.every"):
+        section, _, name = key.rpartition(".")
+        value = (config[section] if section else config)[name]
+        if value < 0:
+            raise ValueError(f"config.{key} must be >= 0 (0 = never), got {value}")
+
+
+def _every(n: int, step: int, last: bool) -> bool:
+    return last or (n > 0 and step % n == 0)
+
+
+def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
+    """Train (or resume) the run described by ``config`` in ``workdir``; returns a summary dict.
+
+    ``callbacks`` are called as ``cb(step, state, metrics)`` after every optimizer step (tests use
+    them to send signals or inspect state).
+    """
+    # ---- setup ---------------------------------------------------------------------------------
+    t_start = time.time()
+    validate_config(config)
+    from diffjax.data import pipeline
+    from diffjax.data import registry as data_registry
+    from diffjax.models import registry as model_registry
+
+    os.makedirs(workdir, exist_ok=True)
+    writer = metrics.make_writer(workdir)
+    mesh = sharding.make_mesh(config.mesh)
+    source = data_registry.get_source(config.data)
+    example_shape = tuple(np.shape(source[0]["x"]))
+    model = model_registry.build_model(config.model)
+    ts = step_lib.make_train_step(config, model, mesh, example_shape=example_shape)
+    classes = step_lib.num_classes(model)
+    if classes and classes != source.num_classes:
+        raise ValueError(f"config.model.num_classes = {classes} but data source "
+                         f"{config.data.name!r} has {source.num_classes} classes")
+    data_iter = pipeline.make_iterator(source, ts.micro_batch, seed=config.seed,
+                                       flip=config.data.flip)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   max_to_keep=config.checkpoint.keep,
+                                   async_save=config.checkpoint.async_save)
+    accum = int(config.optim.accum_steps)
+    total_micro = int(config.total_steps) * accum
+
+    # ---- resume or init ------------------------------------------------------------------------
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(ts.abstract_state, data_iter)
+        logging.info("resumed from %s", ckpt.path(ckpt.latest_step()))
+    else:
+        state = ts.init_state(jax.random.key(config.seed))
+        if jax.process_index() == 0:
+            sampling.save_run_info(workdir, config, example_shape, classes)
+            writer.write_hparams(_flat(config))
+    start = int(jax.device_get(state.step))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(ts.abstract_state.params))
+    logging.info("model %s: %.2fM params; mesh %s; micro-batch %d x %d accumulation; steps %d -> %d",
+                 config.model.name, n_params / 1e6, dict(mesh.shape), ts.micro_batch, accum,
+                 start // accum, config.total_steps)
+    train_step = ts.jit_step()
+    report = metrics.progress(config.total_steps, writer)
+    summary = {"start_step": start // accum, "params": n_params, "preempted": False}
+    losses, pending, last_saved = [], None, start
+    t_loop = time.time()
+
+    def check(entry):
+        step_no, m = entry
+        loss, pnorm = (float(v) for v in jax.device_get((m["loss"], m["param_norm"])))
+        if not (np.isfinite(loss) and np.isfinite(pnorm)):
+            ckpt.wait()
+            last = ckpt.latest_step()
+            where = ckpt.path(last) if last is not None else "none (no checkpoint was saved)"
+            what = f"loss is {loss}" if not np.isfinite(loss) else f"parameter norm is {pnorm}"
+            raise NonFiniteLossError(f"{what} at step {step_no // accum}; stopping. Last good "
+                                     f"checkpoint: {where}")
+        losses.append(loss)
+        return m
+
+    # ---- loop ----------------------------------------------------------------------------------
+    with checkpoint.PreemptionGuard() as guard:
+        for micro in range(start, total_micro):
+            batch = sharding.to_global(next(data_iter), ts.batch_sharding)
+            state, m = train_step(state, batch)
+            if pending is not None:
+                check(pending)
+            pending = (micro + 1, m)
+            if (micro + 1) % accum:
+                if guard.requested():
+                    break
+                continue
+            step = (micro + 1) // accum
+            last = micro + 1 == total_micro
+            report(step)
+            if _every(config.log_every, step, last):
+                m = check(pending)
+                pending = None
+                scalars = {k: float(v) for k, v in jax.device_get(m).items() if k != "loss"}
+                scalars["loss"] = float(np.mean(losses))
+                writer.write_scalars(step, scalars)
+                summary["loss"], losses = scalars["loss"], []
+            if _every(config.checkpoint.every, step, last):
+                if pending is not None:
+                    check(pending)
+                    pending = None
+                ckpt.save(micro + 1, state, data_iter, force=True)
+                last_saved = micro + 1
+            for cb in callbacks:
+                cb(step, state, m)
+            if _every(config.sample.every, step, False):
+                _write_samples(ts, state, config, workdir, writer, step, classes, example_shape)
+            if config.eval.every and step % config.eval.every == 0 and not last:
+                writer.write_scalars(step, _evaluate(ts, state, config, workdir, step, classes,
+                                                     example_shape))
+            if guard.requested():
+                break
+        if pending is not None:
+            check(pending)
+        stopped_at = int(jax.device_get(state.step))
+        if stopped_at < total_micro:  # preempted: save where we are and exit cleanly
+            if last_saved != stopped_at:
+                ckpt.save(stopped_at, state, data_iter, force=True)
+            ckpt.close()
+            logging.warning("preempted at step %d: checkpoint %s saved; rerun the same command to "
+                            "resume", stopped_at // accum, ckpt.path(stopped_at))
+            writer.flush()
+            summary.update(preempted=True, step=stopped_at // accum)
+            return summary
+    ckpt.close()
+
+    # ---- final samples and evaluation ----------------------------------------------------------
+    step = total_micro // accum
+    t_train = time.time() - t_loop
+    summary.update(step=step, train_seconds=t_train,
+                   steps_per_second=(step - start // accum) / max(t_train, 1e-9))
+    if config.sample.num > 0:
+        summary["samples"] = _write_samples(ts, state, config, workdir, writer, step, classes,
+                                            example_shape)
+    if config.eval.at_end:
+        ev = _evaluate(ts, state, config, workdir, step, classes, example_shape)
+        writer.write_scalars(step, ev)
+        summary.update(ev)
+    writer.flush()
+    summary["wall_seconds"] = time.time() - t_start
+    logging.info("done: %s", {k: (round(v, 4) if isinstance(v, float) else v)
+                              for k, v in summary.items()})
+    return summary
+
+
+def _run_from_state(ts, state, config, classes, example_shape) -> sampling.Run:
+    params = {"params": state.params, **state.ema}
+    return sampling.Run(config=config, model=None, den=ts.den, process=ts.process, params=params,
+                        step=int(jax.device_get(state.step)), num_classes=classes,
+                        example_shape=example_shape)
+
+
+def _write_samples(ts, state, config, workdir, writer, step, classes, example_shape) -> str:
+    run = _run_from_state(ts, state, config, classes, example_shape)
+    s = config.sample
+    x = sampling.generate(run, s.num, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                          seed=config.seed)
+    pic = metrics.to_picture(x, ncol=classes if classes and s.num % classes == 0 else None)
+    path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
+    if jax.process_index() == 0:
+        metrics.save_png(pic, path, upscale=2)
+    writer.write_images(step, {"samples": pic[None]})
+    logging.info("step %d: samples written to %s", step, path)
+    return path
+
+
+def _evaluate(ts, state, config, workdir, step, classes, example_shape) -> dict:
+    run = _run_from_state(ts, state, config, classes, example_shape)
+    out = evaluation.evaluate(run, workdir)
+    logging.info("step %d: %s", step, {k: round(v, 4) for k, v in out.items()})
+    return out
+
+
+def _flat(config, prefix="") -> dict:
+    out = {}
+    for k, v in config.items():
+        if hasattr(v, "items"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

@@ -1,0 +1,92 @@
+"""Checkpoints: kill-and-resume exactness, SIGTERM, NaN stop, corrupt and missing checkpoints."""
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from diffjax.training import checkpoint, metrics, sampling, trainer
+from tests.training.util import tiny_config
+
+
+def _losses(workdir):
+    rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def _final_state(workdir):
+    run = sampling.load(str(workdir))
+    return run.step, jax.tree.leaves(jax.device_get(run.params))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """6 steps without interruption (checkpoints at 2, 4, 6; the newest 2 kept)."""
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    summary = trainer.train(tiny_config(total_steps=6, **{"checkpoint.keep": 2}), str(workdir))
+    assert not summary["preempted"] and summary["step"] == 6
+    return workdir
+
+
+def test_sigterm_then_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp_path):
+    config = tiny_config(total_steps=6)
+
+    def sigterm_at_3(step, state, m):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, caught by PreemptionGuard
+
+    first = trainer.train(config, str(tmp_path), callbacks=[sigterm_at_3])
+    assert first["preempted"] and first["step"] == 3
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+    assert ckpt.all_steps() == [2, 3]   # periodic save at 2, preemption save at 3
+    assert os.path.exists(tmp_path / "checkpoints" / "3" / "data" / "process_0-of-1.json")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handler restored
+
+    second = trainer.train(config, str(tmp_path))     # a fresh trainer resumes from step 3
+    assert second["start_step"] == 3 and second["step"] == 6
+    ref, got = _losses(uninterrupted), _losses(tmp_path)
+    assert sorted(got) == sorted(ref) == [1, 2, 3, 4, 5, 6]
+    assert got == ref                                   # bit-for-bit equal losses
+    step_a, leaves_a = _final_state(uninterrupted)
+    step_b, leaves_b = _final_state(tmp_path)
+    assert step_a == step_b == 6
+    for a, b in zip(leaves_a, leaves_b):               # params and every EMA identical
+        np.testing.assert_array_equal(a, b)
+
+
+def test_keep_n_checkpoints(uninterrupted):
+    ckpt = checkpoint.Checkpointer(str(uninterrupted / "checkpoints"), read_only=True)
+    assert ckpt.all_steps() == [4, 6]
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_nan_stops_with_step_and_last_good_checkpoint(tmp_path):
+    trainer.train(tiny_config(total_steps=2, **{"checkpoint.every": 1}), str(tmp_path))
+    blow_up = tiny_config(total_steps=5, **{"checkpoint.every": 1, "optim.lr": float("inf"),
+                                            "optim.schedule": "constant",
+                                            "optim.warmup_steps": 0})
+    with pytest.raises(trainer.NonFiniteLossError, match=r"at step 3.*checkpoints/2$"):
+        trainer.train(blow_up, str(tmp_path))
+    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+    assert ckpt.latest_step() == 2     # the broken state was never saved
+
+
+def test_corrupt_and_missing_checkpoints_give_clear_errors(uninterrupted, tmp_path):
+    import shutil
+    work = tmp_path / "copy"
+    shutil.copytree(uninterrupted, work)
+    state_dir = work / "checkpoints" / "6" / "state"
+    for root, _, files in os.walk(state_dir):
+        for f in files:
+            if not f.startswith("_"):
+                with open(os.path.join(root, f), "wb") as fh:
+                    fh.write(b"garbage")
+    with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/6"):
+        sampling.load(str(work))
+    with pytest.raises(FileNotFoundError, match="not a diffjax training workdir"):
+        sampling.load(str(tmp_path / "nothing"))
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
+        checkpoint.Checkpointer(str(tmp_path / "empty" / "checkpoints"), read_only=True)
