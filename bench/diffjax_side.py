@@ -1,0 +1,174 @@
+"""The diffjax side of the matched workloads, written against the public API only.
+
+    python -m bench.diffjax_side --workload train|ddim50|ddim50_cfg|dpmpp20 --dtype float32|bfloat16
+
+is a worker for ``bench.harness`` (see bench/worker_io.py). Training: one jitted step of AdamW on
+``losses.make_loss(den, vp_discrete, weighting='snr')`` (= the eps-MSE of DDPM, Ho et al. 2020) with
+the parameters and optimizer state donated, batch 32. Sampling: the whole loop - prior draw, the
+``lax.scan`` over steps, classifier-free guidance - is one jitted call whose guidance scale, eta and
+seed are traced arguments, so changing them never recompiles (tests/test_bench_recompile.py).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+import time
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+
+from bench import flops as flops_lib  # noqa: E402
+from bench import spec, worker_io  # noqa: E402
+from diffjax.core import denoisers, losses, processes, samplers, timesteps  # noqa: E402
+from diffjax.guidance import classifier_free  # noqa: E402
+from diffjax.models import registry  # noqa: E402
+
+SPACING = {"ddim": "leading", "dpmpp_2m": "linspace"}   # diffusers' defaults for the two schedulers
+
+
+def make_model(dtype: str = "float32", **overrides):
+    return registry.build_model(dict(name="unet", **{**spec.UNET, **overrides}, dtype=dtype))
+
+
+def init_params(model, seed: int = 0):
+    h, w, c = spec.IMAGE
+    x = jnp.zeros((1, h, w, c))
+    return jax.jit(model.init)(jax.random.key(seed), x, jnp.zeros((1,)),
+                               labels=jnp.zeros((1,), jnp.int32))["params"]
+
+
+def make_denoiser(model):
+    process = processes.get("vp_discrete")
+    apply_fn = lambda p, *a, **k: model.apply({"params": p}, *a, **k)
+    return denoisers.from_network(apply_fn, process, "eps"), process
+
+
+def make_train_step(model):
+    """``step(params, opt_state, batch, key, i) -> (params, opt_state, loss)``, jitted, donating."""
+    den, process = make_denoiser(model)
+    loss_fn = losses.make_loss(den, process, weighting="snr")
+    tx = optax.adamw(spec.LR, weight_decay=0.0)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state, batch, key, i):
+        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, batch, jax.random.fold_in(key, i))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    return step, tx
+
+
+def make_sample_fn(model, name: str, batch: int = spec.SAMPLE_BATCH, steps: int | None = None):
+    """Jitted ``fn(params, key, labels, scale, eta) -> x`` for the sampler ``spec.SAMPLERS[name]``.
+
+    Only the batch, the image shape and the number of steps are static; ``scale`` (guidance), ``eta``
+    (DDIM stochasticity; ignored by DPM-Solver++) and ``key`` (seed) are traced.
+    """
+    kind, n, cfg = spec.SAMPLERS[name]
+    den, process = make_denoiser(model)
+    sig = timesteps.sigmas(process, steps or n, SPACING[kind])
+    shape = (batch,) + spec.IMAGE
+
+    @jax.jit
+    def fn(params, key, labels, scale, eta):
+        D = denoisers.bind(den, params)
+        if cfg:
+            D = classifier_free(D, spec.NUM_CLASSES, scale)
+        knobs = {"eta": eta} if kind == "ddim" else {}
+        return samplers.sample(kind, D, sig, key=key, shape=shape, cond={"label": labels},
+                               **knobs).x
+
+    return fn
+
+
+def forward_flops_per_image(model, params, batch: int = 8) -> int:
+    h, w, c = spec.IMAGE
+    x = jnp.zeros((batch, h, w, c))
+    f = lambda p: model.apply({"params": p}, x, jnp.zeros((batch,)), labels=jnp.zeros((batch,), jnp.int32))
+    return flops_lib.count(f, params) // batch
+
+
+def build(workload: str, dtype: str):
+    """(first_call, run, images_per_call, info) for one workload.
+
+    ``first_call`` lowers and compiles (recording ``compile_s`` and XLA's temp buffer size in
+    ``info``) and runs once, so the harness's ``first_call_s`` is the time to the first result.
+    """
+    model = make_model(dtype)
+    params = init_params(model)
+    fwd = forward_flops_per_image(model, params)
+    h, w, c = spec.IMAGE
+    info = dict(forward_flops_per_image=fwd)
+    st = {"i": 0}
+    if workload == "train":
+        step, tx = make_train_step(model)
+        rng = np.random.default_rng(0)
+        b = spec.TRAIN_BATCH
+        batch = {"x": jnp.asarray(np.clip(rng.standard_normal((b, h, w, c)), -1, 1), jnp.float32),
+                 "label": jnp.asarray(rng.integers(0, spec.NUM_CLASSES, b), jnp.int32)}
+        key = jax.random.key(0)
+        st.update(params=params, opt=tx.init(params))
+        info["flops_per_image"] = 3 * fwd   # forward + backward (2x forward)
+
+        def call(n):
+            for _ in range(n):
+                st["params"], st["opt"], loss = st["fn"](st["params"], st["opt"], batch, key,
+                                                         jnp.int32(st["i"]))
+                st["i"] += 1
+            loss.block_until_ready()
+
+        args = lambda: (st["params"], st["opt"], batch, key, jnp.int32(0))
+        fn = step
+    else:
+        kind, steps, cfg = spec.SAMPLERS[workload]
+        b = spec.SAMPLE_BATCH
+        fn = make_sample_fn(model, workload, b)
+        labels = jnp.asarray(np.arange(b) % spec.NUM_CLASSES, jnp.int32)
+        scale, eta = jnp.float32(spec.GUIDANCE_SCALE), jnp.float32(0.0)
+        info["flops_per_image"] = steps * fwd * (2 if cfg else 1)
+
+        def call(n):
+            for _ in range(n):
+                x = st["fn"](params, jax.random.key(st["i"]), labels, scale, eta)
+                st["i"] += 1
+            x.block_until_ready()
+
+        args = lambda: (params, jax.random.key(0), labels, scale, eta)
+
+    def first_call():
+        t0 = time.perf_counter()
+        compiled = fn.lower(*args()).compile()
+        info["compile_s"] = time.perf_counter() - t0
+        mem = compiled.memory_analysis()
+        if mem is not None:
+            info["xla_temp_mb"] = mem.temp_size_in_bytes / 2 ** 20
+        st["fn"] = compiled
+        call(1)
+
+    return first_call, call, b, info
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workload", choices=spec.WORKLOADS, required=True)
+    p.add_argument("--dtype", choices=spec.DTYPES, default="float32")
+    a = p.parse_args(argv)
+    base = worker_io.rss_mb()
+    first, run, per_call, info = build(a.workload, a.dtype)
+    info.update(side="diffjax", workload=a.workload, dtype=a.dtype, import_rss_mb=base,
+                xla_flags=os.environ.get("XLA_FLAGS", ""),
+                versions={"jax": jax.__version__, "devices": str(jax.devices())})
+    worker_io.serve(first, run, per_call, info)
+
+
+if __name__ == "__main__":
+    main()

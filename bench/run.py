@@ -1,0 +1,58 @@
+"""Every benchmark side by side: training and the three samplers, float32 and bfloat16, diffjax vs the
+peer (PyTorch + diffusers), alternated A/B/A/B; prints the table and one JSON summary line.
+
+    python -m bench.run [--workloads train,ddim50,ddim50_cfg,dpmpp20] [--dtypes float32,bfloat16]
+                        [--reps 5] [--iters 1] [--no-peer] [--out bench/results/latest.json]
+
+Measure when the machine is quiet (``uptime``): other processes on this 2-core machine slow both
+sides, the peer's OpenMP threads more than XLA's. The summary line is what BENCHMARKS.md records.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import harness, spec  # noqa: E402
+
+
+def parse_args(argv, workloads=spec.WORKLOADS, doc=__doc__):
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("--workloads", default=",".join(workloads))
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--reps", type=int, default=5, help="A/B repetitions (median reported)")
+    p.add_argument("--iters", type=int, default=1, help="calls per timed run (train steps / sample runs)")
+    p.add_argument("--no-peer", action="store_true", help="diffjax only")
+    p.add_argument("--out", default="", help="also write all records as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv=None, workloads=spec.WORKLOADS, doc=__doc__):
+    a = parse_args(argv, workloads, doc)
+    log = lambda s: print(s, file=sys.stderr, flush=True)
+    log(f"machine: {harness.machine()}")
+    peak = harness.peak_record(peer=not a.no_peer)
+    log(f"matmul peak: {peak}")
+    results = []
+    for dtype in a.dtypes.split(","):
+        for w in a.workloads.split(","):
+            results.append(harness.ab(w, dtype, a.reps, a.iters, peer=not a.no_peer, log=log))
+    peak_after = harness.peak_record(peer=False)
+    peak["xla_float32_gflops"] = max(peak["xla_float32_gflops"], peak_after["xla_float32_gflops"])
+    print(harness.table(results, peak["xla_float32_gflops"]))
+    summ = harness.summary(results, peak)
+    if a.out:
+        os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+        with open(a.out, "w") as f:
+            json.dump({"summary": summ, "peak": peak, "machine": harness.machine(), "results": results},
+                      f, indent=1)
+    harness.print_json(summ)
+    return summ
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""The line protocol between ``bench.harness`` and a benchmark worker process (pure Python).
+
+A worker builds one workload, prints a ``ready`` record (setup and first-call times), then answers
+``run <n>`` lines with ``{"seconds", "images"}`` records and ``quit`` with its memory record. Records
+are single JSON lines prefixed by ``@@BENCH`` so that library chatter on stdout cannot be mistaken
+for them. Memory comes from /proc/self/status: VmRSS (current) and VmHWM (peak resident set); the
+peak is reset after set-up (``/proc/self/clear_refs``) so ``run_peak_rss_mb`` covers the timed runs
+only, while ``peak_rss_mb`` covers the whole process (compilation included).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+MARK = "@@BENCH "
+
+
+def emit(record: dict, stream=None) -> None:
+    stream = stream or sys.stdout
+    stream.write(MARK + json.dumps(record) + "\n")
+    stream.flush()
+
+
+def parse(line: str):
+    """The record on ``line``, or None if the line is not a protocol record."""
+    line = line.strip()
+    return json.loads(line[len(MARK):]) if line.startswith(MARK) else None
+
+
+def _status_kb(field: str) -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for row in f:
+                if row.startswith(field + ":"):
+                    return float(row.split()[1])
+    except OSError:
+        pass
+    return float("nan")
+
+
+def rss_mb() -> float:
+    return _status_kb("VmRSS") / 1024.0
+
+
+def peak_rss_mb() -> float:
+    return _status_kb("VmHWM") / 1024.0
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def serve(first_call, run, images_per_call: int, info: dict) -> None:
+    """Time the first call, announce readiness, then serve ``run <n>`` requests until ``quit``.
+
+    ``first_call()`` runs the workload once (compiling / warming up as needed); ``run(n)`` runs it n
+    more times and must block until the results exist.
+    """
+    whole_peak_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    first_call()
+    info = dict(info, first_call_s=time.perf_counter() - t0, images_per_call=images_per_call,
+                setup_peak_rss_mb=max(whole_peak_before, peak_rss_mb()))
+    run(1)  # one more warm call (allocator, caches) before anything is timed
+    reset_peak_rss()
+    emit(dict(info, event="ready"))
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd:
+            continue
+        if cmd[0] == "run":
+            n = int(cmd[1]) if len(cmd) > 1 else 1
+            t0 = time.perf_counter()
+            run(n)
+            dt = time.perf_counter() - t0
+            emit({"event": "result", "seconds": dt, "images": n * images_per_call})
+        elif cmd[0] == "quit":
+            emit({"event": "memory", "rss_mb": rss_mb(), "run_peak_rss_mb": peak_rss_mb(),
+                  "peak_rss_mb": max(info["setup_peak_rss_mb"], peak_rss_mb())})
+            return
+        else:
+            emit({"event": "error", "message": f"unknown command {line.strip()!r}"})
