@@ -79,7 +79,7 @@ def make_sample_fn(model, name: str, batch: int = spec.SAMPLE_BATCH, steps: int 
     shape = (batch,) + spec.IMAGE
 
     @jax.jit
-    def fn(params, key, labels, scale, eta):
+    def jitted(params, key, labels, scale, eta):
         D = denoisers.bind(den, params)
         if cfg:
             D = classifier_free(D, spec.NUM_CLASSES, scale)
@@ -87,6 +87,15 @@ def make_sample_fn(model, name: str, batch: int = spec.SAMPLE_BATCH, steps: int 
         return samplers.sample(kind, D, sig, key=key, shape=shape, cond={"label": labels},
                                **knobs).x
 
+    # Python floats and float32 arrays are different jit signatures (weak types): pin the knobs to
+    # float32 arrays so that fn(..., 3.0, 0.0) and fn(..., jnp.float32(5.0), ...) share one executable.
+    knobs = lambda a: a[:3] + tuple(jnp.asarray(v, jnp.float32) for v in a[3:])
+
+    def fn(*args):
+        return jitted(*knobs(args))
+
+    fn.jitted = jitted
+    fn.lower = lambda *args: jitted.lower(*knobs(args))
     return fn
 
 
@@ -97,7 +106,7 @@ def forward_flops_per_image(model, params, batch: int = 8) -> int:
     return flops_lib.count(f, params) // batch
 
 
-def build(workload: str, dtype: str):
+def build(workload: str, dtype: str, sample_steps: int = 0):
     """(first_call, run, images_per_call, info) for one workload.
 
     ``first_call`` lowers and compiles (recording ``compile_s`` and XLA's temp buffer size in
@@ -130,9 +139,10 @@ def build(workload: str, dtype: str):
         fn = step
     else:
         kind, steps, cfg = spec.SAMPLERS[workload]
-        b = spec.SAMPLE_BATCH
-        fn = make_sample_fn(model, workload, b)
-        labels = jnp.asarray(np.arange(b) % spec.NUM_CLASSES, jnp.int32)
+        run_steps = min(sample_steps, steps) if sample_steps > 0 else steps
+        b = spec.SAMPLE_BATCH * run_steps / steps   # images per call, extrapolated if cut short
+        fn = make_sample_fn(model, workload, spec.SAMPLE_BATCH, run_steps)
+        labels = jnp.asarray(np.arange(spec.SAMPLE_BATCH) % spec.NUM_CLASSES, jnp.int32)
         scale, eta = jnp.float32(spec.GUIDANCE_SCALE), jnp.float32(0.0)
         info["flops_per_image"] = steps * fwd * (2 if cfg else 1)
 
@@ -161,13 +171,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workload", choices=spec.WORKLOADS, required=True)
     p.add_argument("--dtype", choices=spec.DTYPES, default="float32")
+    p.add_argument("--sample-steps", type=int, default=0,
+                   help="time only K sampler steps (images/s extrapolated to the full run)")
+    p.add_argument("--no-warm", action="store_true", help="skip the untimed second call")
     a = p.parse_args(argv)
     base = worker_io.rss_mb()
-    first, run, per_call, info = build(a.workload, a.dtype)
+    first, run, per_call, info = build(a.workload, a.dtype, a.sample_steps)
     info.update(side="diffjax", workload=a.workload, dtype=a.dtype, import_rss_mb=base,
                 xla_flags=os.environ.get("XLA_FLAGS", ""),
                 versions={"jax": jax.__version__, "devices": str(jax.devices())})
-    worker_io.serve(first, run, per_call, info)
+    info["sample_steps"] = a.sample_steps   # (info is filled in further by first_call)
+    worker_io.serve(first, run, per_call, info, warm=not a.no_warm)
 
 
 if __name__ == "__main__":

@@ -119,9 +119,9 @@ def diffjax_argv(workload: str, dtype: str, extra=()) -> list:
             *extra]
 
 
-def peer_argv(workload: str, dtype: str) -> list:
+def peer_argv(workload: str, dtype: str, extra=()) -> list:
     return [peer_python(), os.path.join(ROOT, "bench", "peer_diffusers.py"), "--workload", workload,
-            "--dtype", dtype]
+            "--dtype", dtype, *extra]
 
 
 def peer_oneshot(args: list, timeout: float = 600.0):
@@ -138,11 +138,20 @@ def peer_oneshot(args: list, timeout: float = 600.0):
 
 
 def ab(workload: str, dtype: str, reps: int = 5, iters: int = 1, peer: bool = True,
-       diffjax_extra=(), log=print) -> dict:
-    """Alternate diffjax (A) and the peer (B) on one workload; medians of images/s and of A/B."""
-    sides = [("diffjax", diffjax_argv(workload, dtype, diffjax_extra))]
+       sample_steps: int = 0, warm: bool = True, log=print) -> dict:
+    """Alternate diffjax (A) and the peer (B) on one workload; medians of images/s and of A/B.
+
+    ``sample_steps`` = K > 0 times K steps of each sampler on both sides (images/s extrapolated);
+    ``warm`` = False skips the untimed second call (for very slow configurations).
+    """
+    extra = []
+    if sample_steps and workload != "train":
+        extra += ["--sample-steps", str(sample_steps)]
+    if not warm:
+        extra.append("--no-warm")
+    sides = [("diffjax", diffjax_argv(workload, dtype, extra))]
     if peer and peer_available():
-        sides.append(("diffusers", peer_argv(workload, dtype)))
+        sides.append(("diffusers", peer_argv(workload, dtype, extra)))
     workers = {}
     try:
         for name, argv in sides:
@@ -163,6 +172,7 @@ def ab(workload: str, dtype: str, reps: int = 5, iters: int = 1, peer: bool = Tr
         for w in workers.values():
             w.kill()
     out = {"workload": workload, "dtype": dtype, "reps": reps, "iters": iters,
+           "sample_steps": sample_steps if workload != "train" else 0, "warm": warm,
            "load_median": statistics.median(loads)}
     for name, w in workers.items():
         rdy = w.ready
@@ -200,8 +210,9 @@ def table(results: list, peak_gflops: float) -> str:
     nan = float("nan")
     for r in results:
         dj, pe = r["diffjax"], r.get("diffusers", {})
+        name = r["workload"] + ("~" if r.get("sample_steps") else "")
         lines.append(
-            f"{r['workload']:11s} {r['dtype']:8s} {dj['images_per_s']:8.2f} "
+            f"{name:11s} {r['dtype']:8s} {dj['images_per_s']:8.2f} "
             f"{pe.get('images_per_s', nan):8.2f} {r.get('ratio', nan):6.2f} "
             f"{TARGETS.get(r['workload'], nan) if r['dtype'] == 'float32' else nan:6.1f} "
             f"{dj['first_call_s']:8.1f} {dj['compile_s']:7.1f} {pe.get('first_call_s', nan):7.1f} "
@@ -211,7 +222,8 @@ def table(results: list, peak_gflops: float) -> str:
             f"{100 * utilization(r, 'diffusers', peak_gflops):6.1f}%")
     lines.append("images/s (medians over A/B/A/B repetitions); ratio = median of per-repetition "
                  "diffjax/peer; 1st = time to first result (s, compile included); RSS = peak resident MB; "
-                 f"util = model FLOP/s / float32 XLA matmul peak ({peak_gflops:.0f} GFLOP/s)")
+                 f"util = model FLOP/s / float32 XLA matmul peak ({peak_gflops:.0f} GFLOP/s); ~ = sampler timed "
+                 "over its first K steps on both sides, images/s extrapolated to the full run")
     return "\n".join(lines)
 
 

@@ -70,9 +70,10 @@ def make_train(torch, dtype: str):
     return step, run, b
 
 
-def make_sampler(torch, name: str, dtype: str):
+def make_sampler(torch, name: str, dtype: str, max_steps: int = 0):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
     kind, steps, cfg = spec.SAMPLERS[name]
+    run_steps = min(max_steps, steps) if max_steps > 0 else steps
     model = build_model(torch).eval()
     if kind == "ddim":
         sched = DDIMScheduler(num_train_timesteps=spec.NUM_TRAIN_TIMESTEPS, clip_sample=False)
@@ -92,7 +93,7 @@ def make_sampler(torch, name: str, dtype: str):
     def sample():
         sched.set_timesteps(steps)
         x = torch.randn(b, c, h, w, generator=g)
-        for t in sched.timesteps:
+        for t in sched.timesteps[:run_steps]:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 if cfg:
                     eps = model(torch.cat([x, x]), t, class_labels=torch.cat([y, null])).sample
@@ -108,7 +109,7 @@ def make_sampler(torch, name: str, dtype: str):
             x = sample()
         float(x[0, 0, 0, 0])
 
-    return sample, run, b
+    return sample, run, b * run_steps / steps
 
 
 def matmul_peak(torch, n: int = 2048, reps: int = 5) -> dict:
@@ -141,6 +142,9 @@ def main(argv=None):
     p.add_argument("--dtype", choices=spec.DTYPES, default="float32")
     p.add_argument("--count-params", action="store_true")
     p.add_argument("--peak", action="store_true", help="torch matmul GFLOP/s (2048^3)")
+    p.add_argument("--sample-steps", type=int, default=0,
+                   help="time only the first K sampler steps (images/s extrapolated to the full run)")
+    p.add_argument("--no-warm", action="store_true", help="skip the untimed second call")
     a = p.parse_args(argv)
     torch = _torch()
     import diffusers
@@ -161,10 +165,10 @@ def main(argv=None):
     if a.workload == "train":
         first, run, per_call = make_train(torch, a.dtype)
     else:
-        first, run, per_call = make_sampler(torch, a.workload, a.dtype)
+        first, run, per_call = make_sampler(torch, a.workload, a.dtype, a.sample_steps)
     info = dict(versions, side="diffusers", workload=a.workload, dtype=a.dtype,
                 build_s=time.perf_counter() - t0, compile_s=0.0, import_rss_mb=import_rss)
-    worker_io.serve(first, run, per_call, info)
+    worker_io.serve(first, run, per_call, dict(info, sample_steps=a.sample_steps), warm=not a.no_warm)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 peer (PyTorch + diffusers), alternated A/B/A/B; prints the table and one JSON summary line.
 
     python -m bench.run [--workloads train,ddim50,ddim50_cfg,dpmpp20] [--dtypes float32,bfloat16]
-                        [--reps 5] [--iters 1] [--no-peer] [--out bench/results/latest.json]
+                        [--reps 5] [--iters 1] [--sample-steps K] [--no-peer] [--out FILE.json]
 
 Measure when the machine is quiet (``uptime``): other processes on this 2-core machine slow both
 sides, the peer's OpenMP threads more than XLA's. The summary line is what BENCHMARKS.md records.
@@ -27,6 +27,14 @@ def parse_args(argv, workloads=spec.WORKLOADS, doc=__doc__):
     p.add_argument("--reps", type=int, default=5, help="A/B repetitions (median reported)")
     p.add_argument("--iters", type=int, default=1, help="calls per timed run (train steps / sample runs)")
     p.add_argument("--no-peer", action="store_true", help="diffjax only")
+    p.add_argument("--sample-steps", type=int, default=0,
+                   help="time K steps of each sampler on both sides, images/s extrapolated to the full "
+                        "run (every step is one network call); 0 = full runs")
+    p.add_argument("--no-warm", action="store_true", help="skip the untimed second call per side")
+    p.add_argument("--train-reps", type=int, default=0, help="repetitions for training (default --reps)")
+    p.add_argument("--bf16-reps", type=int, default=0, help="repetitions for bfloat16 (default --reps)")
+    p.add_argument("--bf16-sample-steps", type=int, default=0,
+                   help="--sample-steps for bfloat16 (default: --sample-steps)")
     p.add_argument("--out", default="", help="also write all records as JSON here")
     return p.parse_args(argv)
 
@@ -39,8 +47,13 @@ def main(argv=None, workloads=spec.WORKLOADS, doc=__doc__):
     log(f"matmul peak: {peak}")
     results = []
     for dtype in a.dtypes.split(","):
+        bf16 = dtype == "bfloat16"
+        reps = a.bf16_reps if bf16 and a.bf16_reps else a.reps
+        steps = a.bf16_sample_steps if bf16 and a.bf16_sample_steps else a.sample_steps
         for w in a.workloads.split(","):
-            results.append(harness.ab(w, dtype, a.reps, a.iters, peer=not a.no_peer, log=log))
+            r = a.train_reps if w == "train" and a.train_reps and not bf16 else reps
+            results.append(harness.ab(w, dtype, r, a.iters, peer=not a.no_peer, sample_steps=steps,
+                                      warm=not a.no_warm, log=log))
     peak_after = harness.peak_record(peer=False)
     peak["xla_float32_gflops"] = max(peak["xla_float32_gflops"], peak_after["xla_float32_gflops"])
     print(harness.table(results, peak["xla_float32_gflops"]))

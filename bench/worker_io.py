@@ -57,18 +57,21 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def serve(first_call, run, images_per_call: int, info: dict) -> None:
+def serve(first_call, run, images_per_call: float, info: dict, warm: bool = True) -> None:
     """Time the first call, announce readiness, then serve ``run <n>`` requests until ``quit``.
 
     ``first_call()`` runs the workload once (compiling / warming up as needed); ``run(n)`` runs it n
-    more times and must block until the results exist.
+    more times and must block until the results exist. ``images_per_call`` may be fractional: a
+    sampling run cut to K of its N steps counts as K/N of its images (every step costs one network
+    call, so images/s extrapolates to the full run).
     """
     whole_peak_before = peak_rss_mb()
     t0 = time.perf_counter()
     first_call()
     info = dict(info, first_call_s=time.perf_counter() - t0, images_per_call=images_per_call,
                 setup_peak_rss_mb=max(whole_peak_before, peak_rss_mb()))
-    run(1)  # one more warm call (allocator, caches) before anything is timed
+    if warm:
+        run(1)  # one more warm call (allocator, caches) before anything is timed
     reset_peak_rss()
     emit(dict(info, event="ready"))
     for line in sys.stdin:

@@ -6,10 +6,24 @@ ResBlock (ADM, Appendix A), h = conv(SiLU(GN(x))) then, with the embedding e:
     out = skip(x) + h,  conv0 zero-initialised so every block starts as its skip path.
 BigGAN-style up/down ResBlocks resample both paths before the first conv. Attention over all spatial
 positions with a zero-initialised output projection. Inputs are channel-last (B, *spatial, C).
+
+``Conv`` and ``GroupNorm`` compute the same functions as flax's nn.Conv / nn.GroupNorm, with the same
+parameters, in forms XLA:CPU runs fast (see BENCHMARKS.md for the measurements):
+    GroupNorm  per-channel sums over the spatial axes first, then per-group sums of those (B, C)
+               totals: mu = E[x], var = E[x^2] - mu^2 (float32), y = (x - mu) rsqrt(var + eps) g + b.
+               (Reducing the (B, *spatial, G, C/G) view directly is a strided reduction XLA:CPU
+               runs ~5x slower.)
+    Conv       1x1: a matmul over channels. kxk: lax.conv forward and input gradient; the kernel
+               gradient is k^d matmuls dW[o] = sum_(b,p) x_pad[b, p + o]^T dy[b, p] (one per tap o)
+               instead of XLA's default "convolution with a window the size of the image", which
+               XLA:CPU runs 3-40x slower than its forward convolutions.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+import itertools
+import math
+from typing import Any, Optional, Sequence
 
 import einops
 import flax.linen as nn
@@ -30,16 +44,111 @@ def num_groups(channels: int, groups: int = 32) -> int:
     return g
 
 
+class GroupNorm(nn.Module):
+    """Group normalization (Wu & He 2018) over (spatial, C / G); params ``scale``, ``bias`` (C,)."""
+
+    num_groups: int = 32
+    epsilon: float = 1e-5
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, c, g = x.shape[0], x.shape[-1], self.num_groups
+        if c % g:
+            raise ValueError(f"GroupNorm: {c} channels not divisible by {g} groups")
+        scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
+        xf = x.astype(jnp.float32)
+        axes = tuple(range(1, x.ndim - 1))
+        n = math.prod(x.shape[1:-1]) * (c // g)
+        mean = jnp.sum(xf, axes).reshape(b, g, c // g).sum(-1) / n            # (B, G)
+        var = jnp.maximum(jnp.sum(xf * xf, axes).reshape(b, g, c // g).sum(-1) / n - mean * mean, 0.0)
+        per_channel = lambda v: jnp.repeat(v, c // g, axis=-1).reshape((b,) + (1,) * len(axes) + (c,))
+        mul = per_channel(jax.lax.rsqrt(var + self.epsilon)) * scale.astype(jnp.float32)
+        y = (xf - per_channel(mean)) * mul + bias.astype(jnp.float32)
+        return y.astype(self.dtype or jnp.result_type(x, self.param_dtype))
+
+
 def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None, eps: float = 1e-5):
-    return nn.GroupNorm(num_groups=num_groups(channels), epsilon=eps, dtype=dtype, name=name)
+    return GroupNorm(num_groups=num_groups(channels), epsilon=eps, dtype=dtype, name=name)
+
+
+def _conv_dims(nd: int):
+    sp = "HWD"[:nd]
+    return ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+
+
+def _lax_conv(x, w, strides, padding):
+    return jax.lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_conv_dims(x.ndim - 2))
+
+
+def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], strides, padding):
+    """d/dW of sum(conv(x, W) * dy) as one matmul per kernel tap (float32 accumulation)."""
+    nd = x.ndim - 2
+    xp = jnp.pad(x, ((0, 0),) + tuple(tuple(p) for p in padding) + ((0, 0),))
+    dy2 = dy.reshape(-1, dy.shape[-1])
+    taps = []
+    for off in itertools.product(*(range(k) for k in kernel_shape[:nd])):
+        window = tuple(slice(o, o + s * (n - 1) + 1, s) for o, s, n in zip(off, strides, dy.shape[1:-1]))
+        xs = xp[(slice(None),) + window].reshape(-1, x.shape[-1])
+        taps.append(jnp.matmul(xs.T, dy2, preferred_element_type=jnp.float32))
+    return jnp.stack(taps).reshape(tuple(kernel_shape))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_nd(x: jax.Array, w: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+    """Channel-last convolution (any spatial rank) whose kernel gradient is ``conv_kernel_grad``."""
+    return _lax_conv(x, w, strides, padding)
+
+
+def _conv_nd_fwd(x, w, strides, padding):
+    return _lax_conv(x, w, strides, padding), (x, w)
+
+
+def _conv_nd_bwd(strides, padding, res, dy):
+    x, w = res
+    dx = jax.vjp(lambda u: _lax_conv(u, w, strides, padding), x)[1](dy)[0]
+    return dx, conv_kernel_grad(x, dy, w.shape, strides, padding).astype(w.dtype)
+
+
+conv_nd.defvjp(_conv_nd_fwd, _conv_nd_bwd)
+
+
+class Conv(nn.Module):
+    """nn.Conv's function and parameters (``kernel`` (*k, C_in, C_out), ``bias``), fast on XLA:CPU."""
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Optional[Sequence[int]] = None
+    padding: Optional[Sequence[Sequence[int]]] = None   # explicit (lo, hi) per axis; None = 0
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = nn.initializers.zeros
+    dtype: Optional[Dtype] = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        nd, ks = x.ndim - 2, tuple(self.kernel_size)
+        kernel = self.param("kernel", self.kernel_init, ks + (x.shape[-1], self.features),
+                            self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        strides = tuple(self.strides or (1,) * nd)
+        padding = tuple(tuple(p) for p in (self.padding or [(0, 0)] * nd))
+        if math.prod(ks) == 1 and set(strides) == {1} and not any(map(any, padding)):
+            y = jnp.einsum("...c,cd->...d", x, kernel.reshape(kernel.shape[-2:]))
+        else:
+            y = conv_nd(x, kernel, strides, padding)
+        return y + bias
 
 
 def conv(features: int, ndim: int, kernel: int = 3, stride: int = 1, zero: bool = False,
          dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32, name: Optional[str] = None):
     pad = kernel // 2
-    return nn.Conv(features, (kernel,) * ndim, strides=(stride,) * ndim, padding=[(pad, pad)] * ndim,
-                   kernel_init=zeros if zero else nn.initializers.lecun_normal(), dtype=dtype,
-                   param_dtype=param_dtype, name=name)
+    return Conv(features, (kernel,) * ndim, strides=(stride,) * ndim, padding=[(pad, pad)] * ndim,
+                kernel_init=zeros if zero else nn.initializers.lecun_normal(), dtype=dtype,
+                param_dtype=param_dtype, name=name)
 
 
 def upsample_nearest(x: jax.Array) -> jax.Array:

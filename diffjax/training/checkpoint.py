@@ -99,8 +99,19 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self):
+        """Wait for pending saves and release the manager (idempotent)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self.manager.wait_until_finished()
         self.manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 class PreemptionGuard:

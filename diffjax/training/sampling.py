@@ -69,9 +69,9 @@ def load(workdir: str, step: int | None = None, config=None) -> Run:
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.batch_size = int(config.optim.accum_steps)  # any size works for restoring
     ts = step_lib.make_train_step(cfg, model, mesh, example_shape=tuple(info["example_shape"]))
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
-    step = ckpt.latest_step() if step is None else step
-    state = ckpt.restore(ts.abstract_state, step=step)
+    with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
+        step = ckpt.latest_step() if step is None else step
+        state = ckpt.restore(ts.abstract_state, step=step)
     params = {"params": state.params, **state.ema}
     return Run(config=config, model=model, den=ts.den, process=ts.process, params=params,
                step=int(step), num_classes=step_lib.num_classes(model),

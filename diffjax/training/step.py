@@ -75,7 +75,7 @@ def model_shape(example_shape) -> tuple:
 
 
 def make_denoiser(config, model, process, example_shape=None):
-    """den(params, x, sigma, cond, train, rngs) wrapping ``model.apply`` with the config's parameterization."""
+    """``den(params, x, sigma, cond, train, rngs)``: ``model.apply`` in the config's parameterization."""
     if example_shape is not None and len(example_shape) == 1:
         apply_fn = lambda p, x, *a, **k: model.apply({"params": p}, x[..., None], *a, **k)[..., 0]
     else:
@@ -114,8 +114,9 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
                          f"config.optim.accum_steps {accum}")
     micro = config.batch_size // accum
     if micro % sharding.batch_divisor(mesh):
-        raise ValueError(f"the micro-batch {micro} (config.batch_size / accum_steps) is not divisible "
-                         f"by the {sharding.batch_divisor(mesh)} batch shards of mesh {dict(mesh.shape)}")
+        raise ValueError(f"the micro-batch {micro} (config.batch_size / accum_steps) is not "
+                         f"divisible by the {sharding.batch_divisor(mesh)} batch shards of mesh "
+                         f"{dict(mesh.shape)}")
 
     def init(key):
         k_param, k_state = jax.random.split(key)

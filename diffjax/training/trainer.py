@@ -25,6 +25,9 @@ import jax
 import numpy as np
 
 from diffjax.core import samplers
+from diffjax.data import pipeline
+from diffjax.data import registry as data_registry
+from diffjax.models import registry as model_registry
 from diffjax.training import checkpoint, evaluation, metrics, sampling, sharding
 from diffjax.training import step as step_lib
 
@@ -65,10 +68,6 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
     # ---- setup ---------------------------------------------------------------------------------
     t_start = time.time()
     validate_config(config)
-    from diffjax.data import pipeline
-    from diffjax.data import registry as data_registry
-    from diffjax.models import registry as model_registry
-
     os.makedirs(workdir, exist_ok=True)
     writer = metrics.make_writer(workdir)
     mesh = sharding.make_mesh(config.mesh)
@@ -77,7 +76,7 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
     model = model_registry.build_model(config.model)
     ts = step_lib.make_train_step(config, model, mesh, example_shape=example_shape)
     classes = step_lib.num_classes(model)
-    if classes and classes != source.num_classes:
+    if classes and source.num_classes > classes:
         raise ValueError(f"config.model.num_classes = {classes} but data source "
                          f"{config.data.name!r} has {source.num_classes} classes")
     data_iter = pipeline.make_iterator(source, ts.micro_batch, seed=config.seed,
@@ -122,55 +121,56 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
         return m
 
     # ---- loop ----------------------------------------------------------------------------------
-    with checkpoint.PreemptionGuard() as guard:
-        for micro in range(start, total_micro):
-            batch = sharding.to_global(next(data_iter), ts.batch_sharding)
-            state, m = train_step(state, batch)
-            if pending is not None:
-                check(pending)
-            pending = (micro + 1, m)
-            if (micro + 1) % accum:
-                if guard.requested():
-                    break
-                continue
-            step = (micro + 1) // accum
-            last = micro + 1 == total_micro
-            report(step)
-            if _every(config.log_every, step, last):
-                m = check(pending)
-                pending = None
-                scalars = {k: float(v) for k, v in jax.device_get(m).items() if k != "loss"}
-                scalars["loss"] = float(np.mean(losses))
-                writer.write_scalars(step, scalars)
-                summary["loss"], losses = scalars["loss"], []
-            if _every(config.checkpoint.every, step, last):
+    try:
+        with checkpoint.PreemptionGuard() as guard:
+            for micro in range(start, total_micro):
+                batch = sharding.to_global(next(data_iter), ts.batch_sharding)
+                state, m = train_step(state, batch)
                 if pending is not None:
                     check(pending)
+                pending = (micro + 1, m)
+                if (micro + 1) % accum:
+                    if guard.requested():
+                        break
+                    continue
+                step = (micro + 1) // accum
+                last = micro + 1 == total_micro
+                report(step)
+                if _every(config.log_every, step, last):
+                    m = check(pending)
                     pending = None
-                ckpt.save(micro + 1, state, data_iter, force=True)
-                last_saved = micro + 1
-            for cb in callbacks:
-                cb(step, state, m)
-            if _every(config.sample.every, step, False):
-                _write_samples(ts, state, config, workdir, writer, step, classes, example_shape)
-            if config.eval.every and step % config.eval.every == 0 and not last:
-                writer.write_scalars(step, _evaluate(ts, state, config, workdir, step, classes,
-                                                     example_shape))
-            if guard.requested():
-                break
-        if pending is not None:
-            check(pending)
-        stopped_at = int(jax.device_get(state.step))
-        if stopped_at < total_micro:  # preempted: save where we are and exit cleanly
-            if last_saved != stopped_at:
-                ckpt.save(stopped_at, state, data_iter, force=True)
-            ckpt.close()
-            logging.warning("preempted at step %d: checkpoint %s saved; rerun the same command to "
-                            "resume", stopped_at // accum, ckpt.path(stopped_at))
-            writer.flush()
-            summary.update(preempted=True, step=stopped_at // accum)
-            return summary
-    ckpt.close()
+                    scalars = {k: float(v) for k, v in jax.device_get(m).items() if k != "loss"}
+                    scalars["loss"] = float(np.mean(losses))
+                    writer.write_scalars(step, scalars)
+                    summary["loss"], losses = scalars["loss"], []
+                if _every(config.checkpoint.every, step, last):
+                    if pending is not None:
+                        check(pending)
+                        pending = None
+                    ckpt.save(micro + 1, state, data_iter, force=True)
+                    last_saved = micro + 1
+                for cb in callbacks:
+                    cb(step, state, m)
+                if _every(config.sample.every, step, False):
+                    _write_samples(ts, state, config, workdir, writer, step, classes, example_shape)
+                if config.eval.every and step % config.eval.every == 0 and not last:
+                    writer.write_scalars(step, _evaluate(ts, state, config, workdir, step, classes,
+                                                         example_shape))
+                if guard.requested():
+                    break
+            if pending is not None:
+                check(pending)
+            stopped_at = int(jax.device_get(state.step))
+            if stopped_at < total_micro:  # preempted: save where we are and exit cleanly
+                if last_saved != stopped_at:
+                    ckpt.save(stopped_at, state, data_iter, force=True)
+                logging.warning("preempted at step %d: checkpoint %s saved; rerun the same command to "
+                                "resume", stopped_at // accum, ckpt.path(stopped_at))
+                writer.flush()
+                summary.update(preempted=True, step=stopped_at // accum)
+                return summary
+    finally:
+        ckpt.close()  # waits for pending async saves, also when an error stops the run
 
     # ---- final samples and evaluation ----------------------------------------------------------
     step = total_micro // accum

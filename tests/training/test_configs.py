@@ -41,7 +41,7 @@ def _tiny(name, tmp_path):
     c.total_steps, c.batch_size, c.log_every = 2, 8, 1
     c.checkpoint.every, c.sample.num, c.eval.at_end = 2, 0, False
     if name == "cifar10_ddpmpp":
-        c.model.model_channels, c.model.num_res_blocks = 8, 1
+        c.model.model_channels, c.model.num_res_blocks, c.model.num_head_channels = 8, 1, -1
         c.data = c.data.__class__(dict(name="shapes", num_examples=64, resolution=16, flip=True))
         c.model.num_classes = 24
     elif name == "imagenet256_dit_xl2":
@@ -53,7 +53,7 @@ def _tiny(name, tmp_path):
     elif name == "toy2d":
         c.model.model_channels = 8
     elif name == "shapes":
-        c.model.model_channels = 8
+        c.model.model_channels, c.model.num_head_channels = 8, -1
         c.data.num_examples, c.data.resolution = 64, 16
     return c
 

@@ -38,8 +38,8 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp
 
     first = trainer.train(config, str(tmp_path), callbacks=[sigterm_at_3])
     assert first["preempted"] and first["step"] == 3
-    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
-    assert ckpt.all_steps() == [2, 3]   # periodic save at 2, preemption save at 3
+    with checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True) as ckpt:
+        assert ckpt.all_steps() == [2, 3]   # periodic save at 2, preemption save at 3
     assert os.path.exists(tmp_path / "checkpoints" / "3" / "data" / "process_0-of-1.json")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL   # handler restored
 
@@ -56,8 +56,8 @@ def test_sigterm_then_resume_reproduces_the_uninterrupted_run(uninterrupted, tmp
 
 
 def test_keep_n_checkpoints(uninterrupted):
-    ckpt = checkpoint.Checkpointer(str(uninterrupted / "checkpoints"), read_only=True)
-    assert ckpt.all_steps() == [4, 6]
+    with checkpoint.Checkpointer(str(uninterrupted / "checkpoints"), read_only=True) as ckpt:
+        assert ckpt.all_steps() == [4, 6]
 
 
 @pytest.mark.slow
@@ -69,8 +69,8 @@ def test_nan_stops_with_step_and_last_good_checkpoint(tmp_path):
                                             "optim.warmup_steps": 0})
     with pytest.raises(trainer.NonFiniteLossError, match=r"at step 3.*checkpoints/2$"):
         trainer.train(blow_up, str(tmp_path))
-    ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
-    assert ckpt.latest_step() == 2     # the broken state was never saved
+    with checkpoint.Checkpointer(str(tmp_path / "checkpoints"), read_only=True) as ckpt:
+        assert ckpt.latest_step() == 2     # the broken state was never saved
 
 
 def test_corrupt_and_missing_checkpoints_give_clear_errors(uninterrupted, tmp_path):

@@ -1,0 +1,74 @@
+"""The fast U-Net ops compute the same functions as the straightforward ones (values and gradients).
+
+bench/ showed XLA:CPU runs flax's nn.GroupNorm, nn.Conv's kernel gradient and softmax-weighted
+attention slowly (BENCHMARKS.md); diffjax.models replaced them by equivalent formulations. These tests
+hold the replacements to the reference formulas at float32 tolerance, with the same parameter trees.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from diffjax.models import layers, unet_blocks
+
+
+def _rand(key, shape, scale=1.0, shift=0.0):
+    return shift + scale * jax.random.normal(jax.random.key(key), shape, jnp.float32)
+
+
+def _close(a, b, tol):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_allclose(np.asarray(u, np.float32), np.asarray(v, np.float32),
+                                   rtol=tol, atol=tol * float(jnp.max(jnp.abs(v)) + 1e-6))
+
+
+def _check_module(fast, ref, x, tol=2e-5):
+    params = ref.init(jax.random.key(0), x)
+    assert jax.tree.map(jnp.shape, fast.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
+    params = jax.tree.map(lambda p: p + 0.3 * _rand(7, p.shape), params)
+    dy = _rand(3, jax.eval_shape(lambda: ref.apply(params, x)).shape)
+    both = lambda m: jax.jit(lambda p, u: (m.apply(p, u), jax.grad(
+        lambda p, u: jnp.sum(m.apply(p, u) * dy), (0, 1))(p, u)))(params, x)
+    _close(both(fast), both(ref), tol)
+
+
+@pytest.mark.parametrize("shape, groups", [((2, 8, 8, 64), 32), ((3, 4, 4, 2, 6), 3)])
+def test_group_norm_matches_flax(shape, groups):
+    x = _rand(1, shape, 2.0, 0.5)
+    _check_module(unet_blocks.GroupNorm(groups), nn.GroupNorm(num_groups=groups, epsilon=1e-5), x)
+
+
+@pytest.mark.parametrize("shape, kernel, stride", [((2, 8, 8, 5), 3, 1), ((2, 9, 4), 3, 2),
+                                                   ((2, 8, 8, 5), 1, 1)])
+def test_conv_matches_flax(shape, kernel, stride):
+    nd, pad = len(shape) - 2, kernel // 2
+    kw = dict(kernel_size=(kernel,) * nd, strides=(stride,) * nd, padding=[(pad, pad)] * nd)
+    _check_module(unet_blocks.Conv(6, **kw), nn.Conv(6, **kw), _rand(2, shape))
+
+
+def _reference_attention(q, k, v, mask=None):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
+    if mask is not None:
+        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v)
+
+
+def test_attention_matches_softmax_formula(masked=True):
+    q, k, v = _rand(1, (2, 7, 4, 8), 3.0), _rand(2, (2, 5, 4, 8), 3.0), _rand(3, (2, 5, 4, 8))
+    mask = jnp.array([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], bool) if masked else None
+    dy = _rand(4, q.shape[:3] + (8,))
+    both = lambda f: jax.jit(lambda a, b, c: (f(a, b, c, mask), jax.grad(
+        lambda a, b, c: jnp.sum(f(a, b, c, mask) * dy), (0, 1, 2))(a, b, c)))(q, k, v)
+    _close(both(layers.attention), both(_reference_attention), 2e-5)
+
+
+def test_bfloat16_compute_stays_close():
+    x = _rand(1, (2, 8, 8, 64), 2.0)
+    for fast, ref in [(unet_blocks.GroupNorm(32, dtype=jnp.bfloat16), nn.GroupNorm(32, dtype=jnp.bfloat16)),
+                      (unet_blocks.Conv(16, (3, 3), padding=[(1, 1)] * 2, dtype=jnp.bfloat16),
+                       nn.Conv(16, (3, 3), padding=[(1, 1)] * 2, dtype=jnp.bfloat16))]:
+        p = ref.init(jax.random.key(0), x)
+        a, b = jax.jit(fast.apply)(p, x), jax.jit(ref.apply)(p, x)
+        assert a.dtype == b.dtype == jnp.bfloat16
+        _close(a, b, 3e-2)
