@@ -3,6 +3,7 @@
     diffjax train    --config configs/digits.py --workdir DIR [--config.key=value ...]
     diffjax sample   --workdir DIR --num 100 --sampler heun --steps 18 --guidance 2 --out grid.png
     diffjax evaluate --workdir DIR [--num 500 --sampler heun --steps 18 --guidance 2]
+    diffjax preflight --config configs/imagenet256_dit_xl2.py --topology v5p:4x4x4 [--config.x=y]
 
 Configs are Python files with ``get_config()``, locked: an unknown key or a value of the wrong type
 is an error naming the key. ``train`` resumes from the latest checkpoint in DIR if there is one.
@@ -19,9 +20,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ("train", "sample", "evaluate")
+COMMANDS = ("train", "sample", "evaluate", "preflight")
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (train).",
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (train, preflight).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
 _NUM = flags.DEFINE_integer("num", None, "Number of samples (sample: default config.sample.num; "
@@ -41,6 +42,11 @@ _PID = flags.DEFINE_integer("process_id", None, "This process's index (multi-hos
 _CACHE = flags.DEFINE_string("compilation_cache_dir", os.path.expanduser("~/.cache/diffjax/xla"),
                              "XLA's persistent compilation cache (reruns, sample and evaluate skip "
                              "compiles); '' disables it. JAX_COMPILATION_CACHE_DIR takes precedence.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "preflight: a TPU slice to compile for without a "
+                                "TPU, e.g. v5p:4x4x4 or v5e:16x16 (needs the 'tpu' extra); "
+                                "default: this machine's devices.")
+_JSON = flags.DEFINE_string("json", None, "preflight: also write the report as JSON here.")
+_NO_SAMPLE = flags.DEFINE_bool("skip_sampler", False, "preflight: compile the train step only.")
 _DIST = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with "
                           "auto-detected arguments (Cloud TPU pods, SLURM).")
 
@@ -120,6 +126,48 @@ def cmd_evaluate():
     print(json.dumps(_printable(res), indent=1))
 
 
+class DoesNotFit(Exception):
+    """preflight: the config does not fit (or compile) on the target; the message says what to change."""
+
+
+def cmd_preflight():
+    """Compile the real sharded train step and sampling loop for a topology; print the fit table."""
+    import jax
+
+    from diffjax.preflight import report
+
+    if _CONFIG.value is None:
+        raise CommandError("diffjax preflight needs --config (e.g. --config "
+                           "configs/imagenet256_dit_xl2.py --topology v5p:4x4x4)")
+    target = _TOPOLOGY.value or f"this machine ({jax.default_backend()})"
+    sample = not _NO_SAMPLE.value
+    if _TOPOLOGY.value:
+        from diffjax.preflight import chips
+        try:
+            chips.devices(_TOPOLOGY.value)  # unknown name, impossible slice or no libtpu: say so
+        except RuntimeError as e:
+            raise CommandError(str(e)) from e
+    try:
+        if _TOPOLOGY.value:
+            r = report.tpu(_CONFIG.value, _TOPOLOGY.value, sample=sample)
+        else:
+            r = report.run(_CONFIG.value, jax.devices(), target=target, sample=sample)
+    except ValueError:
+        raise  # a bad mesh or input shape: the message already names the config key
+    except Exception as e:  # noqa: BLE001 - XLA's compile errors come as several types
+        first = str(e).strip().splitlines()[0][:600] if str(e).strip() else type(e).__name__
+        raise DoesNotFit(f"the train step does not compile for {target}: {type(e).__name__}: "
+                         f"{first}\ncheck config.mesh (axis sizes must divide the device count "
+                         "and the batch) and config.sharding.rules (a sharded dimension must "
+                         "divide by its mesh axis size).") from e
+    print(report.format_table(r))
+    if _JSON.value:
+        with open(_JSON.value, "w", encoding="utf-8") as f:
+            json.dump(r.as_dict(), f, indent=1)
+    if not r.fits():
+        raise DoesNotFit(f"does not fit on {target}.\n{report.advice(r)}")
+
+
 def jax_process_index() -> int:
     import jax
     return jax.process_index()
@@ -138,11 +186,13 @@ def _main(argv):
 
     metrics.setup_logging()
     try:
-        _init_compilation_cache()
-        _init_distributed()
-        {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate}[cmd]()
+        if cmd != "preflight":  # deviceless TPU executables are not worth caching on disk
+            _init_compilation_cache()
+            _init_distributed()
+        {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
+         "preflight": cmd_preflight}[cmd]()
     except (CommandError, ValueError, FileNotFoundError, checkpoint.CheckpointError,
-            trainer.NonFiniteLossError) as e:
+            trainer.NonFiniteLossError, DoesNotFit) as e:
         logging.error("diffjax %s: %s", cmd, e)
         sys.exit(f"diffjax {cmd}: error: {e}")
 

@@ -103,3 +103,43 @@ def test_cpu_preflight_reports_the_shardings_training_uses():
     d = json.loads(out.stdout.strip().splitlines()[-1])
     assert d["report"] == d["live"]
     assert any("fsdp" in s for s in d["live"].values()), "some parameters must be FSDP-sharded"
+
+
+# ---- the `diffjax preflight` command ------------------------------------------------------------
+_TINY_DIT = ["--config", "configs/imagenet256_dit_xl2.py", "--config.model.depth=2",
+             "--config.model.hidden_size=64", "--config.model.num_heads=2"]
+
+
+def _cli(*args):
+    from tests.training.util import run_cli
+    return run_cli("preflight", *args)
+
+
+def test_cli_unknown_topology_exits_with_a_clear_error():
+    p = _cli(*_TINY_DIT, "--topology", "v9:2x2")
+    assert p.returncode != 0
+    assert "unknown TPU topology 'v9:2x2'" in p.stderr and "v5p:4x4x4" in p.stderr
+
+
+@needs_libtpu
+def test_cli_prints_the_table_and_writes_json(tmp_path):
+    out = tmp_path / "report.json"
+    p = _cli(*_TINY_DIT, "--config.batch_size=16", "--config.sample.steps=2", "--topology",
+             "v5e:2x2", "--json", str(out))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "target v5e:2x2: 4 devices, mesh {'data': 1, 'fsdp': 4}" in p.stdout
+    assert "train_step" in p.stdout and "sample_loop" in p.stdout and "fits: yes" in p.stdout
+    d = json.loads(out.read_text())
+    assert d["fits"] and d["devices"] == 4 and d["hbm_bytes_per_device"] == 16 * 2 ** 30
+    assert d["programs"]["train_step"]["flops_per_device"] > 0
+
+
+@needs_libtpu
+def test_cli_no_fit_exits_nonzero_naming_the_buffers_and_the_knob(tmp_path):
+    cfg = tmp_path / "too_big.py"
+    cfg.write_text("from tests.preflight.test_preflight import _small_config\n\n\n"
+                   "def get_config():\n    return _small_config(batch=1 << 21)\n")
+    p = _cli("--config", str(cfg), "--skip_sampler", "--topology", "v5e:2x2")
+    assert p.returncode != 0
+    assert "does not fit on v5e:2x2" in p.stderr
+    assert "largest train-state arrays per device" in p.stderr and "config.batch_size" in p.stderr
