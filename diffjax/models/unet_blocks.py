@@ -16,7 +16,8 @@ parameters, in forms XLA:CPU runs fast (see BENCHMARKS.md for the measurements):
     Conv       1x1: a matmul over channels. kxk: lax.conv forward and input gradient; the kernel
                gradient is k^d matmuls dW[o] = sum_(b,p) x_pad[b, p + o]^T dy[b, p] (one per tap o)
                instead of XLA's default "convolution with a window the size of the image", which
-               XLA:CPU runs 3-40x slower than its forward convolutions.
+               XLA:CPU runs 3-40x slower than its forward convolutions (CPU lowering only: TPU and
+               GPU keep XLA's convolution gradient, via lax.platform_dependent).
 """
 from __future__ import annotations
 
@@ -139,7 +140,12 @@ class Conv(nn.Module):
         if math.prod(ks) == 1 and set(strides) == {1} and not any(map(any, padding)):
             y = jnp.einsum("...c,cd->...d", x, kernel.reshape(kernel.shape[-2:]))
         else:
-            y = conv_nd(x, kernel, strides, padding)
+            # The per-tap kernel gradient pays off on XLA:CPU only; TPU and GPU lowerings keep XLA's
+            # own convolution gradient (the choice is made per platform when the step is lowered,
+            # so a deviceless TPU preflight on this CPU compiles the TPU form).
+            y = jax.lax.platform_dependent(
+                x, kernel, cpu=lambda u, k: conv_nd(u, k, strides, padding),
+                default=lambda u, k: _lax_conv(u, k, strides, padding))
         return y + bias
 
 

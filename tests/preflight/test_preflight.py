@@ -143,3 +143,29 @@ def test_cli_no_fit_exits_nonzero_naming_the_buffers_and_the_knob(tmp_path):
     assert p.returncode != 0
     assert "does not fit on v5e:2x2" in p.stderr
     assert "largest train-state arrays per device" in p.stderr and "config.batch_size" in p.stderr
+
+
+@needs_libtpu
+def test_conv_gradient_form_is_chosen_per_platform():
+    """unet_blocks.Conv: per-tap matmul kernel gradient when lowered for CPU, XLA's own convolution
+    gradient when lowered for TPU (what a deviceless preflight compiles)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    from diffjax.models.unet_blocks import Conv
+
+    layer = Conv(5, (3, 3), padding=((1, 1), (1, 1)))
+    x = jnp.ones((2, 8, 8, 4))
+    params = layer.init(jax.random.key(0), x)
+    grad = jax.grad(lambda p, u: jnp.sum(layer.apply(p, u) ** 2))
+
+    cpu = jax.jit(grad).lower(params, x).as_text()
+    assert cpu.count("dot_general") == 9 and cpu.count("convolution") == 1   # taps + forward
+
+    rep = NamedSharding(Mesh(np.array(preflight.devices("v5e:2x2")[:1]), ("d",)), PartitionSpec())
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
+                            (params, x))
+    tpu = jax.jit(grad, in_shardings=(rep, rep)).lower(*abstract).as_text()
+    assert tpu.count("dot_general") == 0 and tpu.count("convolution") == 2   # forward + dW
