@@ -4,7 +4,10 @@ list (a deviceless TPU topology, or this machine's CPUs) and read XLA's memory a
 The train step is ``training.step.make_train_step`` - the very function the trainer jits - lowered on
 abstract, born-sharded state and batch, so the shardings reported here are the ones a run uses.
 Estimated step time: XLA's ``optimal_seconds`` when it reports one, otherwise the roofline
-max(FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth); utilization = FLOPs / (time * peak).
+max(FLOPs / peak FLOP/s, bytes accessed / HBM bandwidth) - a lower bound on the time, so the implied
+utilization FLOPs / (time * peak) is an upper bound (100% = compute-bound under the roofline).
+XLA's cost analysis counts a while loop's body once: the sampling loop's FLOPs and time are per
+sampler step (one iteration of the scan); multiply by the number of steps for the whole loop.
 """
 from __future__ import annotations
 
@@ -65,6 +68,14 @@ class Report:
             return None
         return max(p.flops / self.peak_flops, p.bytes_accessed / self.bandwidth)
 
+    def time_source(self, p: Compiled) -> str:
+        """'xla' (XLA's optimal_seconds), 'compute' / 'memory' (which roofline term binds), or '-'."""
+        if p.optimal_seconds is not None and p.optimal_seconds > 0:
+            return "xla"
+        if not self.peak_flops:
+            return "-"
+        return "compute" if p.flops / self.peak_flops >= p.bytes_accessed / self.bandwidth else "memory"
+
     def as_dict(self) -> dict:
         out = {"target": self.target, "devices": self.num_devices, "mesh": self.mesh_shape,
                "hbm_bytes_per_device": self.hbm_bytes, "fits": self.fits(),
@@ -76,7 +87,7 @@ class Report:
                 "alias_bytes": p.alias_bytes, "temp_bytes": p.temp_bytes,
                 "peak_bytes": p.peak_bytes, "flops_per_device": p.flops,
                 "bytes_accessed": p.bytes_accessed, "xla_optimal_seconds": p.optimal_seconds,
-                "est_seconds": t,
+                "est_seconds": t, "est_source": self.time_source(p),
                 "utilization": (p.flops / (t * self.peak_flops)) if (t and self.peak_flops) else None}
         return out
 
@@ -89,7 +100,7 @@ def format_table(r: Report) -> str:
     lines = [f"target {r.target}: {r.num_devices} devices, mesh {r.mesh_shape}"
              + (f", HBM {_gib(r.hbm_bytes).strip()} per device" if r.hbm_bytes else "")]
     hdr = (f"{'program':<12}{'argument':>14}{'temp':>14}{'output':>14}{'peak':>14}"
-           f"{'HBM use':>9}{'TFLOP/dev':>11}{'est. s':>10}{'util':>7}")
+           f"{'HBM use':>9}{'TFLOP/dev':>11}{'est. s':>10}{'from':>9}{'util':>7}")
     lines += [hdr, "-" * len(hdr)]
     for p in r.programs:
         t = r.step_seconds(p)
@@ -97,10 +108,15 @@ def format_table(r: Report) -> str:
         util = (f"{100 * p.flops / (t * r.peak_flops):6.1f}%" if (t and r.peak_flops) else "     -")
         lines.append(f"{p.name:<12}{_gib(p.argument_bytes):>14}{_gib(p.temp_bytes):>14}"
                      f"{_gib(p.output_bytes):>14}{_gib(p.peak_bytes):>14}{use:>9}"
-                     f"{p.flops / 1e12:11.3f}{(t if t else float('nan')):10.4f}{util:>7}")
+                     f"{p.flops / 1e12:11.3f}{(t if t else float('nan')):10.4f}"
+                     f"{r.time_source(p):>9}{util:>7}")
     for p in r.programs:
         if p.oom:
             lines.append(f"{p.name}: does not fit - {p.oom}")
+    if any(p.name == "sample_loop" for p in r.programs):
+        lines.append("sample_loop FLOPs and time are per sampler step (XLA counts the scan body once)")
+    lines.append("est. s: XLA's estimate ('xla') or the roofline lower bound (its binding term); util = "
+                 "FLOPs / (est. s * peak bf16 FLOP/s), an upper bound")
     lines.append(f"train state per device: {_gib(r.state_bytes_per_device).strip()}; "
                  f"fits: {'yes' if r.fits() else 'NO'}")
     return "\n".join(lines)
