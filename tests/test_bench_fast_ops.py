@@ -39,12 +39,26 @@ def test_group_norm_matches_flax(shape, groups):
     _check_module(unet_blocks.GroupNorm(groups), nn.GroupNorm(num_groups=groups, epsilon=1e-5), x)
 
 
-@pytest.mark.parametrize("shape, kernel, stride", [((2, 8, 8, 5), 3, 1), ((2, 9, 4), 3, 2),
-                                                   ((2, 8, 8, 5), 1, 1)])
+@pytest.mark.parametrize("shape, kernel, stride", [
+    ((2, 8, 8, 5), 3, 1),        # Winograd F(2x2, 3x3) forward and input gradient
+    ((2, 16, 12, 32), 3, 1),     # Winograd, non-square, more channels
+    ((2, 7, 7, 5), 3, 1),        # odd size: lax.conv fallback
+    ((2, 8, 8, 5), 3, 2),        # strided: lax.conv
+    ((2, 9, 4), 3, 2), ((2, 8, 8, 5), 1, 1)])
 def test_conv_matches_flax(shape, kernel, stride):
     nd, pad = len(shape) - 2, kernel // 2
     kw = dict(kernel_size=(kernel,) * nd, strides=(stride,) * nd, padding=[(pad, pad)] * nd)
     _check_module(unet_blocks.Conv(6, **kw), nn.Conv(6, **kw), _rand(2, shape))
+
+
+def test_winograd_is_used_where_it_applies():
+    x, w = _rand(1, (2, 8, 8, 5)), _rand(2, (3, 3, 5, 6))
+    same = ((1, 1), (1, 1))
+    assert unet_blocks._winograd_ok(x, w, (1, 1), same)
+    assert not unet_blocks._winograd_ok(x[:, :7], w, (1, 1), same)
+    assert not unet_blocks._winograd_ok(x, w, (2, 2), same)
+    ref = jax.lax.conv_general_dilated(x, w, (1, 1), same, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    _close(unet_blocks.winograd_conv3x3(x, w), ref, 1e-5)
 
 
 def _reference_attention(q, k, v, mask=None):

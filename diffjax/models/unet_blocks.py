@@ -30,6 +30,7 @@ import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffjax.models.layers import attention, expand_like
 
@@ -97,19 +98,68 @@ def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], s
     return jnp.stack(taps).reshape(tuple(kernel_shape))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_nd(x: jax.Array, w: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
-    """Channel-last convolution (any spatial rank) whose kernel gradient is ``conv_kernel_grad``."""
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A on 4x4 input tiles d
+# with stride 2, giving 2x2 outputs each; the 16 element-wise products over channels are 16 matmuls
+# (tiles x C_in) @ (C_in x C_out): 4 instead of 9 multiply-adds per output and channel pair.
+_WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+USE_WINOGRAD = True   # module switch (benchmarks compare both forms)
+
+
+def _winograd_ok(x, w, strides, padding) -> bool:
+    return (USE_WINOGRAD and x.ndim == 4 and tuple(w.shape[:2]) == (3, 3) and set(strides) == {1}
+            and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+            and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0)
+
+
+def _bt_1d(d):
+    """B^T applied along a list of 4 rows: [d0 - d2, d1 + d2, d2 - d1, d1 - d3]."""
+    return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+
+
+def winograd_conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
+    """'Same' 3x3 stride-1 convolution (NHWC, HWIO, even H and W) by Winograd F(2x2, 3x3)."""
+    b, h, wd, c = x.shape
+    th, tw, o = h // 2, wd // 2, w.shape[-1]
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    rows = _bt_1d([xp[:, k:k + 2 * th:2] for k in range(4)])                    # (B, th, W+2, C)
+    v = [t for r in rows for t in _bt_1d([r[:, :, k:k + 2 * tw:2] for k in range(4)])]
+    v = jnp.stack(v).reshape(16, b * th * tw, c)
+    u = jnp.einsum("ay,yxio,bx->abio", _WINO_G, w, _WINO_G,
+                   preferred_element_type=jnp.float32).astype(w.dtype).reshape(16, c, o)
+    m = jnp.matmul(v, u, preferred_element_type=jnp.float32).reshape(4, 4, b, th, tw, o)
+    r0, r1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]                             # A^T on rows
+    y = jnp.stack([jnp.stack([r[0] + r[1] + r[2], r[1] - r[2] - r[3]], -2)      # A on columns
+                   for r in (r0, r1)], 2)                                       # (B, th, 2, tw, 2, O)
+    return y.reshape(b, h, wd, o).astype(jnp.result_type(x, w))
+
+
+def _conv_fwd_cpu(x, w, strides, padding):
+    if _winograd_ok(x, w, strides, padding):
+        return winograd_conv3x3(x, w)
     return _lax_conv(x, w, strides, padding)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_nd(x: jax.Array, w: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+    """Channel-last convolution (any spatial rank) for XLA:CPU: Winograd F(2x2, 3x3) forward and
+    gradients where it applies, otherwise lax.conv with the kernel gradient by ``conv_kernel_grad``."""
+    return _conv_fwd_cpu(x, w, strides, padding)
+
+
 def _conv_nd_fwd(x, w, strides, padding):
-    return _lax_conv(x, w, strides, padding), (x, w)
+    return _conv_fwd_cpu(x, w, strides, padding), (x, w)
 
 
 def _conv_nd_bwd(strides, padding, res, dy):
     x, w = res
-    dx = jax.vjp(lambda u: _lax_conv(u, w, strides, padding), x)[1](dy)[0]
+    if _winograd_ok(x, w, strides, padding):
+        # dx: the 'same' conv of dy with the flipped, transposed kernel; dW: the transpose of the
+        # Winograd forward in W (16 matmuls V^T dM over the tiles, then G^T dU G).
+        dx = winograd_conv3x3(dy, jnp.swapaxes(w[::-1, ::-1], 2, 3))
+        dw = jax.vjp(lambda k: winograd_conv3x3(x, k), w)[1](dy.astype(jnp.result_type(x, w)))[0]
+        return dx, dw.astype(w.dtype)
+    else:
+        dx = jax.vjp(lambda u: _lax_conv(u, w, strides, padding), x)[1](dy)[0]
     return dx, conv_kernel_grad(x, dy, w.shape, strides, padding).astype(w.dtype)
 
 

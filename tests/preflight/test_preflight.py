@@ -147,8 +147,8 @@ def test_cli_no_fit_exits_nonzero_naming_the_buffers_and_the_knob(tmp_path):
 
 @needs_libtpu
 def test_conv_gradient_form_is_chosen_per_platform():
-    """unet_blocks.Conv: per-tap matmul kernel gradient when lowered for CPU, XLA's own convolution
-    gradient when lowered for TPU (what a deviceless preflight compiles)."""
+    """unet_blocks.Conv: Winograd matmuls (forward and kernel gradient) when lowered for CPU, XLA's
+    own convolution and its gradient when lowered for TPU (what a deviceless preflight compiles)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -162,7 +162,7 @@ def test_conv_gradient_form_is_chosen_per_platform():
     grad = jax.grad(lambda p, u: jnp.sum(layer.apply(p, u) ** 2))
 
     cpu = jax.jit(grad).lower(params, x).as_text()
-    assert cpu.count("dot_general") == 9 and cpu.count("convolution") == 1   # taps + forward
+    assert cpu.count("dot_general") >= 2 and cpu.count("convolution") == 0
 
     rep = NamedSharding(Mesh(np.array(preflight.devices("v5e:2x2")[:1]), ("d",)), PartitionSpec())
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=rep),
