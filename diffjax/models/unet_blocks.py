@@ -13,11 +13,11 @@ parameters, in forms XLA:CPU runs fast (see BENCHMARKS.md for the measurements):
                totals: mu = E[x], var = E[x^2] - mu^2 (float32), y = (x - mu) rsqrt(var + eps) g + b.
                (Reducing the (B, *spatial, G, C/G) view directly is a strided reduction XLA:CPU
                runs ~5x slower.)
-    Conv       1x1: a matmul over channels. kxk: lax.conv forward and input gradient; the kernel
-               gradient is k^d matmuls dW[o] = sum_(b,p) x_pad[b, p + o]^T dy[b, p] (one per tap o)
-               instead of XLA's default "convolution with a window the size of the image", which
-               XLA:CPU runs 3-40x slower than its forward convolutions (CPU lowering only: TPU and
-               GPU keep XLA's convolution gradient, via lax.platform_dependent).
+    Conv       1x1: a matmul over channels. On CPU lowering, 'same' 3x3 stride-1 convs run as
+               Winograd F(2x2, 3x3) (forward, input and kernel gradients); other kxk convs use
+               lax.conv with the kernel gradient as k^d matmuls dW[o] = sum x_pad[b, p + o]^T dy[b, p]
+               (XLA:CPU's default whole-image-window kernel-gradient conv is 3-40x slower). TPU and
+               GPU lowerings keep XLA's own convolution and gradient (lax.platform_dependent).
 """
 from __future__ import annotations
 
