@@ -61,6 +61,26 @@ def test_winograd_is_used_where_it_applies():
     _close(unet_blocks.winograd_conv3x3(x, w), ref, 1e-5)
 
 
+def test_winograd_kernel_gradient_matches_lax_conv():
+    x, w, dy = _rand(1, (3, 6, 10, 7)), _rand(2, (3, 3, 7, 4)), _rand(3, (3, 6, 10, 4))
+    same = ((1, 1), (1, 1))
+    lax_conv = lambda k: jax.lax.conv_general_dilated(x, k, (1, 1), same,
+                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = jax.vjp(lax_conv, w)[1](dy)[0]
+    _close(unet_blocks.winograd_kernel_grad(x, dy), ref, 1e-5)
+
+
+def test_winograd_switch_takes_effect_after_a_trace(monkeypatch):
+    """The CPU conv is jitted once per shape; the form is part of its cache key, not a stale global."""
+    x, w, same = _rand(1, (2, 8, 8, 5)), _rand(2, (3, 3, 5, 6)), ((1, 1), (1, 1))
+    forms = []
+    for flag in (True, False, True):
+        monkeypatch.setattr(unet_blocks, "USE_WINOGRAD", flag)
+        forms.append("conv_general_dilated" in str(jax.make_jaxpr(
+            lambda u: unet_blocks.conv_nd(u, w, (1, 1), same))(x)))
+    assert forms == [False, True, False]
+
+
 def _reference_attention(q, k, v, mask=None):
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5
     if mask is not None:

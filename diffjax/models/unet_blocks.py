@@ -106,7 +106,7 @@ USE_WINOGRAD = True   # module switch (benchmarks compare both forms)
 
 
 def _winograd_ok(x, w, strides, padding) -> bool:
-    return (USE_WINOGRAD and x.ndim == 4 and tuple(w.shape[:2]) == (3, 3) and set(strides) == {1}
+    return (x.ndim == 4 and tuple(w.shape[:2]) == (3, 3) and set(strides) == {1}
             and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
             and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0)
 
@@ -133,37 +133,51 @@ def winograd_conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
     return y.reshape(b, h, wd, o).astype(jnp.result_type(x, w))
 
 
-def _conv_fwd_cpu(x, w, strides, padding):
-    if _winograd_ok(x, w, strides, padding):
+def winograd_kernel_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
+    """d/dW of sum(winograd_conv3x3(x, W) * dy): the transpose of the (linear in W) forward, i.e. 16
+    matmuls V^T dM over the tiles, then G^T dU G."""
+    w0 = jnp.zeros((3, 3, x.shape[-1], dy.shape[-1]), jnp.result_type(x, dy))
+    return jax.vjp(lambda k: winograd_conv3x3(x, k), w0)[1](dy.astype(w0.dtype))[0]
+
+
+def _conv_fwd_cpu(x, w, strides, padding, winograd):
+    if winograd and _winograd_ok(x, w, strides, padding):
         return winograd_conv3x3(x, w)
     return _lax_conv(x, w, strides, padding)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_nd(x: jax.Array, w: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
-    """Channel-last convolution (any spatial rank) for XLA:CPU: Winograd F(2x2, 3x3) forward and
-    gradients where it applies, otherwise lax.conv with the kernel gradient by ``conv_kernel_grad``."""
-    return _conv_fwd_cpu(x, w, strides, padding)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_cpu(x, w, strides, padding, winograd):
+    return _conv_fwd_cpu(x, w, strides, padding, winograd)
 
 
-def _conv_nd_fwd(x, w, strides, padding):
-    return _conv_fwd_cpu(x, w, strides, padding), (x, w)
+def _conv_cpu_fwd(x, w, strides, padding, winograd):
+    return _conv_fwd_cpu(x, w, strides, padding, winograd), (x, w)
 
 
-def _conv_nd_bwd(strides, padding, res, dy):
+def _conv_cpu_bwd(strides, padding, winograd, res, dy):
     x, w = res
-    if _winograd_ok(x, w, strides, padding):
-        # dx: the 'same' conv of dy with the flipped, transposed kernel; dW: the transpose of the
-        # Winograd forward in W (16 matmuls V^T dM over the tiles, then G^T dU G).
+    if winograd and _winograd_ok(x, w, strides, padding):
+        # dx: the 'same' conv of dy with the flipped, transposed kernel. (XLA merges the input
+        # transform the kernel gradient recomputes with the forward's.)
         dx = winograd_conv3x3(dy, jnp.swapaxes(w[::-1, ::-1], 2, 3))
-        dw = jax.vjp(lambda k: winograd_conv3x3(x, k), w)[1](dy.astype(jnp.result_type(x, w)))[0]
-        return dx, dw.astype(w.dtype)
-    else:
-        dx = jax.vjp(lambda u: _lax_conv(u, w, strides, padding), x)[1](dy)[0]
+        return dx, winograd_kernel_grad(x, dy).astype(w.dtype)
+    dx = jax.vjp(lambda u: _lax_conv(u, w, strides, padding), x)[1](dy)[0]
     return dx, conv_kernel_grad(x, dy, w.shape, strides, padding).astype(w.dtype)
 
 
-conv_nd.defvjp(_conv_nd_fwd, _conv_nd_bwd)
+_conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+# Traced and lowered once per (shapes, strides, padding, form) and shared by every layer of that
+# shape: halves the train step's lowering time (the form is a static argument, so flipping
+# USE_WINOGRAD takes effect on the next trace).
+_conv_cpu_jit = jax.jit(_conv_cpu, static_argnums=(2, 3, 4))
+
+
+def conv_nd(x: jax.Array, w: jax.Array, strides: tuple, padding: tuple) -> jax.Array:
+    """Channel-last convolution (any spatial rank) for XLA:CPU: Winograd F(2x2, 3x3) forward and
+    gradients where it applies (and ``USE_WINOGRAD``), otherwise lax.conv with the kernel gradient
+    by ``conv_kernel_grad``."""
+    return _conv_cpu_jit(x, w, tuple(strides), tuple(tuple(p) for p in padding), USE_WINOGRAD)
 
 
 class Conv(nn.Module):
