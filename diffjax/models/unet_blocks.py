@@ -101,7 +101,11 @@ def conv_kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], s
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016): Y = A^T [(G g G^T) * (B^T d B)] A on 4x4 input tiles d
 # with stride 2, giving 2x2 outputs each; the 16 element-wise products over channels are 16 matmuls
 # (tiles x C_in) @ (C_in x C_out): 4 instead of 9 multiply-adds per output and channel pair.
+# The tile transforms are written as broadcast multiply-adds of strided windows (``_combine``), so XLA
+# fuses each transform into one loop kernel (a stack of 16 slices compiles to 16 kernels).
+_WINO_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
 _WINO_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], np.float32)
+_WINO_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 USE_WINOGRAD = True   # module switch (benchmarks compare both forms)
 
 
@@ -111,33 +115,82 @@ def _winograd_ok(x, w, strides, padding) -> bool:
             and x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0)
 
 
-def _bt_1d(d):
-    """B^T applied along a list of 4 rows: [d0 - d2, d1 + d2, d2 - d1, d1 - d3]."""
-    return [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+def _combine(mat: np.ndarray, parts: Sequence[jax.Array], axis: int) -> jax.Array:
+    """out[..., a, ...] = sum_j mat[a, j] parts[j], the new axis ``a`` inserted at ``axis``."""
+    out = None
+    for j, part in enumerate(parts):
+        if not mat[:, j].any():
+            continue
+        part = jnp.expand_dims(part, axis)
+        shape = [1] * part.ndim
+        shape[axis] = mat.shape[0]
+        term = jnp.asarray(mat[:, j].reshape(shape), part.dtype) * part
+        out = term if out is None else out + term
+    return out
+
+
+def _unfused(x: jax.Array) -> jax.Array:
+    """``x`` itself, materialized: a fusion barrier for XLA:CPU.
+
+    The tile transforms read every input element up to 16 times; fused into them, x's producer
+    (GroupNorm + SiLU, or its gradient) is recomputed on each read (measured: train step 7.2 -> 10 s).
+    ``lax.optimization_barrier`` is gone before XLA fuses; a conditional (both branches the identity,
+    the predicate a runtime value XLA cannot fold) is a boundary fusion does not cross. The branches
+    must differ in form (a + 0, a * 1): with two identical branches XLA removes the conditional.
+    Only a speed device: the value is x whatever XLA does with it.
+    """
+    pred = jnp.isnan(x.ravel()[0])
+    return jax.lax.cond(pred | ~pred, lambda a: a + 0, lambda a: a * 1, x)
+
+
+def _winograd_input(x: jax.Array) -> jax.Array:
+    """(B, H, W, C) -> (16, B H W / 4, C): B^T d B for every 4x4 tile d of the zero-padded input."""
+    b, h, w, c = x.shape
+    th, tw = h // 2, w // 2
+    x = _unfused(x)
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    win = [[xp[:, k:k + 2 * th:2, l:l + 2 * tw:2] for l in range(4)] for k in range(4)]
+    rows = [_combine(_WINO_BT, win[k], 0) for k in range(4)]           # B^T along columns
+    return _combine(_WINO_BT, rows, 0).reshape(16, b * th * tw, c)     # B^T along rows
+
+
+def _winograd_output(m: jax.Array, shape: Sequence[int]) -> jax.Array:
+    """(16, N, O) -> (B, H, W, O): A^T m A per tile, the 2x2 outputs placed at (2i + r, 2j + s)."""
+    b, h, w = shape
+    m = m.reshape(4, 4, b, h // 2, w // 2, m.shape[-1])
+    y = _combine(_WINO_AT, [_combine(_WINO_AT, [m[a, c] for c in range(4)], 3) for a in range(4)], 2)
+    return y.reshape(b, h, w, -1)                                      # (B, th, r, tw, s, O)
+
+
+def _winograd_output_transpose(dy: jax.Array) -> jax.Array:
+    """The adjoint of ``_winograd_output``: (B, H, W, O) -> (16, N, O), A dY A^T per 2x2 tile."""
+    dy = _unfused(dy)
+    win = [[dy[:, r::2, s::2] for s in range(2)] for r in range(2)]
+    rows = [_combine(_WINO_AT.T, win[r], 0) for r in range(2)]
+    return _combine(_WINO_AT.T, rows, 0).reshape(16, -1, dy.shape[-1])
+
+
+def _winograd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(y, V): the convolution and its transformed input tiles V = B^T d B."""
+    u = jnp.einsum("ay,yxio,bx->abio", _WINO_G, w, _WINO_G,
+                   preferred_element_type=jnp.float32).astype(w.dtype).reshape(16, *w.shape[2:])
+    v = _winograd_input(x)
+    m = jnp.matmul(v, u, preferred_element_type=jnp.float32)
+    return _winograd_output(m, x.shape[:3]).astype(jnp.result_type(x, w)), v
 
 
 def winograd_conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
     """'Same' 3x3 stride-1 convolution (NHWC, HWIO, even H and W) by Winograd F(2x2, 3x3)."""
-    b, h, wd, c = x.shape
-    th, tw, o = h // 2, wd // 2, w.shape[-1]
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    rows = _bt_1d([xp[:, k:k + 2 * th:2] for k in range(4)])                    # (B, th, W+2, C)
-    v = [t for r in rows for t in _bt_1d([r[:, :, k:k + 2 * tw:2] for k in range(4)])]
-    v = jnp.stack(v).reshape(16, b * th * tw, c)
-    u = jnp.einsum("ay,yxio,bx->abio", _WINO_G, w, _WINO_G,
-                   preferred_element_type=jnp.float32).astype(w.dtype).reshape(16, c, o)
-    m = jnp.matmul(v, u, preferred_element_type=jnp.float32).reshape(4, 4, b, th, tw, o)
-    r0, r1 = m[0] + m[1] + m[2], m[1] - m[2] - m[3]                             # A^T on rows
-    y = jnp.stack([jnp.stack([r[0] + r[1] + r[2], r[1] - r[2] - r[3]], -2)      # A on columns
-                   for r in (r0, r1)], 2)                                       # (B, th, 2, tw, 2, O)
-    return y.reshape(b, h, wd, o).astype(jnp.result_type(x, w))
+    return _winograd(x, w)[0]
 
 
-def winograd_kernel_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
-    """d/dW of sum(winograd_conv3x3(x, W) * dy): the transpose of the (linear in W) forward, i.e. 16
-    matmuls V^T dM over the tiles, then G^T dU G."""
-    w0 = jnp.zeros((3, 3, x.shape[-1], dy.shape[-1]), jnp.result_type(x, dy))
-    return jax.vjp(lambda k: winograd_conv3x3(x, k), w0)[1](dy.astype(w0.dtype))[0]
+def winograd_kernel_grad(x: jax.Array, dy: jax.Array, v: Optional[jax.Array] = None) -> jax.Array:
+    """d/dW of sum(winograd_conv3x3(x, W) * dy): G^T (sum over tiles V^T dM) G, V = B^T d B
+    (``v`` if given, e.g. saved by the forward pass), dM = A dY A^T (float32)."""
+    v = _winograd_input(x) if v is None else v
+    du = jnp.einsum("knc,kno->kco", v, _winograd_output_transpose(dy.astype(v.dtype)),
+                    preferred_element_type=jnp.float32)
+    return jnp.einsum("ay,abio,bx->yxio", _WINO_G, du.reshape(4, 4, *du.shape[1:]), _WINO_G)
 
 
 def _conv_fwd_cpu(x, w, strides, padding, winograd):
@@ -152,24 +205,24 @@ def _conv_cpu(x, w, strides, padding, winograd):
 
 
 def _conv_cpu_fwd(x, w, strides, padding, winograd):
-    return _conv_fwd_cpu(x, w, strides, padding, winograd), (x, w)
+    if winograd and _winograd_ok(x, w, strides, padding):
+        y, v = _winograd(x, w)
+        return y, (x, w, v)   # V (4x the input's size) saved: recomputing it costs more than it saves
+    return _lax_conv(x, w, strides, padding), (x, w, None)
 
 
 def _conv_cpu_bwd(strides, padding, winograd, res, dy):
-    x, w = res
-    if winograd and _winograd_ok(x, w, strides, padding):
-        # dx: the 'same' conv of dy with the flipped, transposed kernel. (XLA merges the input
-        # transform the kernel gradient recomputes with the forward's.)
+    x, w, v = res
+    if v is not None:
+        # dx: the 'same' conv of dy with the flipped, transposed kernel.
         dx = winograd_conv3x3(dy, jnp.swapaxes(w[::-1, ::-1], 2, 3))
-        return dx, winograd_kernel_grad(x, dy).astype(w.dtype)
+        return dx, winograd_kernel_grad(x, dy, v).astype(w.dtype)
     dx = jax.vjp(lambda u: _lax_conv(u, w, strides, padding), x)[1](dy)[0]
     return dx, conv_kernel_grad(x, dy, w.shape, strides, padding).astype(w.dtype)
 
 
 _conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
-# Traced and lowered once per (shapes, strides, padding, form) and shared by every layer of that
-# shape: halves the train step's lowering time (the form is a static argument, so flipping
-# USE_WINOGRAD takes effect on the next trace).
+# One trace and one lowering per (shapes, strides, padding, form), shared by every layer of that shape.
 _conv_cpu_jit = jax.jit(_conv_cpu, static_argnums=(2, 3, 4))
 
 
