@@ -184,7 +184,8 @@ def winograd_conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
     return _winograd(x, w)[0]
 
 
-def winograd_kernel_grad(x: jax.Array, dy: jax.Array, v: Optional[jax.Array] = None) -> jax.Array:
+def winograd_kernel_grad(x: Optional[jax.Array], dy: jax.Array,
+                         v: Optional[jax.Array] = None) -> jax.Array:
     """d/dW of sum(winograd_conv3x3(x, W) * dy): G^T (sum over tiles V^T dM) G, V = B^T d B
     (``v`` if given, e.g. saved by the forward pass), dM = A dY A^T (float32)."""
     v = _winograd_input(x) if v is None else v
@@ -207,7 +208,7 @@ def _conv_cpu(x, w, strides, padding, winograd):
 def _conv_cpu_fwd(x, w, strides, padding, winograd):
     if winograd and _winograd_ok(x, w, strides, padding):
         y, v = _winograd(x, w)
-        return y, (x, w, v)   # V (4x the input's size) saved: recomputing it costs more than it saves
+        return y, (None, w, v)   # V (4x the input's size) replaces x: recomputing it costs more
     return _lax_conv(x, w, strides, padding), (x, w, None)
 
 
@@ -216,7 +217,7 @@ def _conv_cpu_bwd(strides, padding, winograd, res, dy):
     if v is not None:
         # dx: the 'same' conv of dy with the flipped, transposed kernel.
         dx = winograd_conv3x3(dy, jnp.swapaxes(w[::-1, ::-1], 2, 3))
-        return dx, winograd_kernel_grad(x, dy, v).astype(w.dtype)
+        return dx, winograd_kernel_grad(None, dy, v).astype(w.dtype)
     dx = jax.vjp(lambda u: _lax_conv(u, w, strides, padding), x)[1](dy)[0]
     return dx, conv_kernel_grad(x, dy, w.shape, strides, padding).astype(w.dtype)
 
