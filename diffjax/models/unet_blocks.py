@@ -61,15 +61,25 @@ class GroupNorm(nn.Module):
             raise ValueError(f"GroupNorm: {c} channels not divisible by {g} groups")
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
         bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-        xf = x.astype(jnp.float32)
-        axes = tuple(range(1, x.ndim - 1))
-        n = math.prod(x.shape[1:-1]) * (c // g)
-        mean = jnp.sum(xf, axes).reshape(b, g, c // g).sum(-1) / n            # (B, G)
-        var = jnp.maximum(jnp.sum(xf * xf, axes).reshape(b, g, c // g).sum(-1) / n - mean * mean, 0.0)
-        per_channel = lambda v: jnp.repeat(v, c // g, axis=-1).reshape((b,) + (1,) * len(axes) + (c,))
-        mul = per_channel(jax.lax.rsqrt(var + self.epsilon)) * scale.astype(jnp.float32)
-        y = (xf - per_channel(mean)) * mul + bias.astype(jnp.float32)
-        return y.astype(self.dtype or jnp.result_type(x, self.param_dtype))
+        out_dtype = jnp.dtype(self.dtype or jnp.result_type(x, self.param_dtype))
+        return _group_norm_jit(x, scale, bias, g, self.epsilon, out_dtype)
+
+
+def _group_norm(x, scale, bias, groups, eps, out_dtype):
+    b, c, g = x.shape[0], x.shape[-1], groups
+    xf = x.astype(jnp.float32)
+    axes = tuple(range(1, x.ndim - 1))
+    n = math.prod(x.shape[1:-1]) * (c // g)
+    mean = jnp.sum(xf, axes).reshape(b, g, c // g).sum(-1) / n            # (B, G)
+    var = jnp.maximum(jnp.sum(xf * xf, axes).reshape(b, g, c // g).sum(-1) / n - mean * mean, 0.0)
+    per_channel = lambda v: jnp.repeat(v, c // g, axis=-1).reshape((b,) + (1,) * len(axes) + (c,))
+    mul = per_channel(jax.lax.rsqrt(var + eps)) * scale.astype(jnp.float32)
+    y = (xf - per_channel(mean)) * mul + bias.astype(jnp.float32)
+    return y.astype(out_dtype)
+
+
+# Traced and lowered once per (shape, groups, eps, dtype), shared by every norm of that shape.
+_group_norm_jit = jax.jit(_group_norm, static_argnums=(3, 4, 5))
 
 
 def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None, eps: float = 1e-5):
@@ -170,10 +180,17 @@ def _winograd_output_transpose(dy: jax.Array) -> jax.Array:
     return _combine(_WINO_AT.T, rows, 0).reshape(16, -1, dy.shape[-1])
 
 
+def _winograd_kernel(w: jax.Array) -> jax.Array:
+    """(3, 3, I, O) -> (4, 4, I, O): G g G^T per (input, output) channel pair, in float32 (one
+    element-wise kernel; as an einsum it compiled to four matmul kernels and two transposes)."""
+    w = w.astype(jnp.float32)
+    rows = _combine(_WINO_G, [w[y] for y in range(3)], 0)                     # (4, 3, I, O)
+    return _combine(_WINO_G, [rows[:, x] for x in range(3)], 1)               # (4, 4, I, O)
+
+
 def _winograd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(y, V): the convolution and its transformed input tiles V = B^T d B."""
-    u = jnp.einsum("ay,yxio,bx->abio", _WINO_G, w, _WINO_G,
-                   preferred_element_type=jnp.float32).astype(w.dtype).reshape(16, *w.shape[2:])
+    u = _winograd_kernel(w).astype(w.dtype).reshape(16, *w.shape[2:])
     v = _winograd_input(x)
     m = jnp.matmul(v, u, preferred_element_type=jnp.float32)
     return _winograd_output(m, x.shape[:3]).astype(jnp.result_type(x, w)), v
@@ -191,7 +208,9 @@ def winograd_kernel_grad(x: Optional[jax.Array], dy: jax.Array,
     v = _winograd_input(x) if v is None else v
     du = jnp.einsum("knc,kno->kco", v, _winograd_output_transpose(dy.astype(v.dtype)),
                     preferred_element_type=jnp.float32)
-    return jnp.einsum("ay,abio,bx->yxio", _WINO_G, du.reshape(4, 4, *du.shape[1:]), _WINO_G)
+    du = du.reshape(4, 4, *du.shape[1:])
+    rows = _combine(_WINO_G.T, [du[a] for a in range(4)], 0)                  # (3, 4, I, O)
+    return _combine(_WINO_G.T, [rows[:, b] for b in range(4)], 1)             # (3, 3, I, O)
 
 
 def _conv_fwd_cpu(x, w, strides, padding, winograd):
