@@ -56,7 +56,7 @@ class GroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, c, g = x.shape[0], x.shape[-1], self.num_groups
+        c, g = x.shape[-1], self.num_groups
         if c % g:
             raise ValueError(f"GroupNorm: {c} channels not divisible by {g} groups")
         scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
@@ -65,19 +65,61 @@ class GroupNorm(nn.Module):
         return _group_norm_jit(x, scale, bias, g, self.epsilon, out_dtype)
 
 
+def _group_sum(v, groups):
+    """(B, C) -> (B, G): sums over the channels of each group."""
+    return v.reshape(v.shape[0], groups, v.shape[-1] // groups).sum(-1)
+
+
+def _per_channel(v, channels):
+    """(B, G) -> (B, C): each group's value on its channels."""
+    return jnp.repeat(v, channels // v.shape[-1], axis=-1)
+
+
+def _spatial(v, ndim):
+    """(B, C) -> (B, 1, ..., 1, C), broadcastable against (B, *spatial, C)."""
+    return v.reshape((v.shape[0],) + (1,) * (ndim - 2) + (v.shape[-1],))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
 def _group_norm(x, scale, bias, groups, eps, out_dtype):
-    b, c, g = x.shape[0], x.shape[-1], groups
+    return _group_norm_fwd(x, scale, bias, groups, eps, out_dtype)[0]
+
+
+def _group_norm_fwd(x, scale, bias, groups, eps, out_dtype):
+    c = x.shape[-1]
     xf = x.astype(jnp.float32)
     axes = tuple(range(1, x.ndim - 1))
-    n = math.prod(x.shape[1:-1]) * (c // g)
-    mean = jnp.sum(xf, axes).reshape(b, g, c // g).sum(-1) / n            # (B, G)
-    var = jnp.maximum(jnp.sum(xf * xf, axes).reshape(b, g, c // g).sum(-1) / n - mean * mean, 0.0)
-    per_channel = lambda v: jnp.repeat(v, c // g, axis=-1).reshape((b,) + (1,) * len(axes) + (c,))
-    mul = per_channel(jax.lax.rsqrt(var + eps)) * scale.astype(jnp.float32)
-    y = (xf - per_channel(mean)) * mul + bias.astype(jnp.float32)
-    return y.astype(out_dtype)
+    n = math.prod(x.shape[1:-1]) * (c // groups)
+    mean = _group_sum(jnp.sum(xf, axes), groups) / n                          # (B, G)
+    var = jnp.maximum(_group_sum(jnp.sum(xf * xf, axes), groups) / n - mean * mean, 0.0)
+    rstd = jax.lax.rsqrt(var + eps)
+    mul = _per_channel(rstd, c) * scale.astype(jnp.float32)                   # (B, C)
+    y = (xf - _spatial(_per_channel(mean, c), x.ndim)) * _spatial(mul, x.ndim) + bias.astype(jnp.float32)
+    return y.astype(out_dtype), (x, scale, bias, mean, rstd)
 
 
+def _group_norm_bwd(groups, eps, out_dtype, res, dy):
+    """With xh = (x - mu) r, y = xh s + b (Wu & He 2018) and <.> the per-(batch, group) mean over
+    (spatial, the group's channels):  dx = r (s dy - <s dy> - xh <s dy xh>),  ds = sum dy xh,
+    db = sum dy. Two per-channel spatial sums (of dy and of dy x) feed all of them."""
+    x, scale, bias, mean, rstd = res
+    c = x.shape[-1]
+    xf, dyf = x.astype(jnp.float32), dy.astype(jnp.float32)
+    axes = tuple(range(1, x.ndim - 1))
+    n = math.prod(x.shape[1:-1]) * (c // groups)
+    mu, r = _per_channel(mean, c), _per_channel(rstd, c)                     # (B, C)
+    sum_dy = jnp.sum(dyf, axes)
+    sum_dy_xh = r * (jnp.sum(dyf * xf, axes) - mu * sum_dy)
+    s = scale.astype(jnp.float32)
+    m1 = _per_channel(_group_sum(s * sum_dy, groups) / n, c)                 # <s dy>
+    m2 = _per_channel(_group_sum(s * sum_dy_xh, groups) / n, c)              # <s dy xh>
+    sp = lambda v: _spatial(v, x.ndim)
+    dx = dyf * sp(r * s) - sp(r * m1) - (xf - sp(mu)) * sp(r * r * m2)
+    return (dx.astype(x.dtype), jnp.sum(sum_dy_xh, 0).astype(scale.dtype),
+            jnp.sum(sum_dy, 0).astype(bias.dtype))
+
+
+_group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
 # Traced and lowered once per (shape, groups, eps, dtype), shared by every norm of that shape.
 _group_norm_jit = jax.jit(_group_norm, static_argnums=(3, 4, 5))
 
