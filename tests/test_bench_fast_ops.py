@@ -70,6 +70,16 @@ def test_winograd_kernel_gradient_matches_lax_conv():
     _close(unet_blocks.winograd_kernel_grad(x, dy), ref, 1e-5)
 
 
+def test_winograd_conv_takes_an_empty_batch():
+    """The fusion boundary reads one element of its input; a batch of 0 must skip it, not fail."""
+    w = _rand(2, (3, 3, 5, 6))
+    f = lambda x, k: jnp.sum(unet_blocks.conv_nd(x, k, (1, 1), ((1, 1), (1, 1))))
+    x = jnp.zeros((0, 8, 8, 5))
+    assert unet_blocks._winograd_ok(x, w, (1, 1), ((1, 1), (1, 1)))
+    dx, dw = jax.grad(f, (0, 1))(x, w)
+    assert dx.shape == x.shape and float(jnp.abs(dw).max()) == 0.0
+
+
 def test_winograd_switch_takes_effect_after_a_trace(monkeypatch):
     """The CPU conv is jitted once per shape; the form is part of its cache key, not a stale global."""
     x, w, same = _rand(1, (2, 8, 8, 5)), _rand(2, (3, 3, 5, 6)), ((1, 1), (1, 1))

@@ -168,29 +168,52 @@ def _winograd_ok(x, w, strides, padding) -> bool:
 
 
 def _combine(mat: np.ndarray, parts: Sequence[jax.Array], axis: int) -> jax.Array:
-    """out[..., a, ...] = sum_j mat[a, j] parts[j], the new axis ``a`` inserted at ``axis``."""
+    """out[..., a, ...] = sum_j mat[a, j] parts[j], the new axis ``a`` inserted at ``axis``.
+
+    Written in lax primitives (as are the windows below): these run once per conv shape at trace
+    time, and jnp's wrappers made them a sixth of the train step's tracing."""
+    shape = parts[0].shape[:axis] + (mat.shape[0],) + parts[0].shape[axis:]
+    rest = tuple(i for i in range(len(shape)) if i != axis)
     out = None
-    for j, part in enumerate(parts):
-        if not mat[:, j].any():
+    for col, part in zip(mat.T, parts):
+        if not col.any():
             continue
-        part = jnp.expand_dims(part, axis)
-        shape = [1] * part.ndim
-        shape[axis] = mat.shape[0]
-        term = jnp.asarray(mat[:, j].reshape(shape), part.dtype) * part
-        out = term if out is None else out + term
+        term = jax.lax.mul(jax.lax.broadcast_in_dim(col.astype(part.dtype), shape, (axis,)),
+                           jax.lax.broadcast_in_dim(part, shape, rest))
+        out = term if out is None else jax.lax.add(out, term)
     return out
+
+
+def _window(x: jax.Array, start: Sequence[int], size: Sequence[int], stride: Sequence[int]):
+    """x[:, s0::t0 (n0 of them), s1::t1 (n1), ...] over the axes after the first (lax.slice)."""
+    lo = (0,) + tuple(start) + (0,) * (x.ndim - 1 - len(start))
+    hi = (x.shape[0],) + tuple(s + t * (n - 1) + 1 for s, n, t in zip(start, size, stride))
+    hi = hi + x.shape[len(hi):]
+    return jax.lax.slice(x, lo, hi, (1,) + tuple(stride) + (1,) * (x.ndim - 1 - len(stride)))
+
+
+def _take(x: jax.Array, *index: int, axis: int = 0) -> jax.Array:
+    """x[i0, i1, ...] for static indices, the first on ``axis``."""
+    for i in index:
+        x = jax.lax.index_in_dim(x, i, axis, keepdims=False)
+    return x
 
 
 def _unfused(x: jax.Array) -> jax.Array:
     """``x`` itself, materialized: a fusion barrier for XLA:CPU.
 
-    The tile transforms read every input element up to 16 times; fused into them, x's producer
-    (GroupNorm + SiLU, or its gradient) is recomputed on each read (measured: train step 7.2 -> 10 s).
-    ``lax.optimization_barrier`` is gone before XLA fuses; a conditional (both branches the identity,
+    The tile transforms read every input element up to 16 times; fused into them, x's producer is
+    recomputed on each read. Used on dY in the kernel gradient, whose producer is the backward chain
+    (SiLU', GroupNorm's dx; measured train step 6.6 s without the boundary, 6.2 s with it). The input
+    transform goes without: since GroupNorm's forward is one affine map per channel the step is
+    faster without the boundary there (6.2 s) than with it (6.35 s). ``lax.optimization_barrier`` is gone before XLA fuses; a conditional (both branches the identity,
     the predicate a runtime value XLA cannot fold) is a boundary fusion does not cross. The branches
     must differ in form (a + 0, a * 1): with two identical branches XLA removes the conditional.
-    Only a speed device: the value is x whatever XLA does with it.
+    Only a speed device: the value is x whatever XLA does with it. The predicate reads x's first
+    element, so x must be data, not a constant (e.g. padding) XLA could fold.
     """
+    if not x.size:
+        return x
     pred = jnp.isnan(x.ravel()[0])
     return jax.lax.cond(pred | ~pred, lambda a: a + 0, lambda a: a * 1, x)
 
@@ -199,9 +222,8 @@ def _winograd_input(x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (16, B H W / 4, C): B^T d B for every 4x4 tile d of the zero-padded input."""
     b, h, w, c = x.shape
     th, tw = h // 2, w // 2
-    x = _unfused(x)
-    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    win = [[xp[:, k:k + 2 * th:2, l:l + 2 * tw:2] for l in range(4)] for k in range(4)]
+    xp = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (1, 1, 0), (1, 1, 0), (0, 0, 0)))
+    win = [[_window(xp, (k, l), (th, tw), (2, 2)) for l in range(4)] for k in range(4)]
     rows = [_combine(_WINO_BT, win[k], 0) for k in range(4)]           # B^T along columns
     return _combine(_WINO_BT, rows, 0).reshape(16, b * th * tw, c)     # B^T along rows
 
@@ -210,26 +232,29 @@ def _winograd_output(m: jax.Array, shape: Sequence[int]) -> jax.Array:
     """(16, N, O) -> (B, H, W, O): A^T m A per tile, the 2x2 outputs placed at (2i + r, 2j + s)."""
     b, h, w = shape
     m = m.reshape(4, 4, b, h // 2, w // 2, m.shape[-1])
-    y = _combine(_WINO_AT, [_combine(_WINO_AT, [m[a, c] for c in range(4)], 3) for a in range(4)], 2)
-    return y.reshape(b, h, w, -1)                                      # (B, th, r, tw, s, O)
+    y = _combine(_WINO_AT, [_combine(_WINO_AT, [_take(m, a, c) for c in range(4)], 3)
+                            for a in range(4)], 2)
+    return y.reshape(b, h, w, m.shape[-1])                                     # (B, th, r, tw, s, O)
 
 
 def _winograd_output_transpose(dy: jax.Array) -> jax.Array:
     """The adjoint of ``_winograd_output``: (B, H, W, O) -> (16, N, O), A dY A^T per 2x2 tile."""
     dy = _unfused(dy)
-    win = [[dy[:, r::2, s::2] for s in range(2)] for r in range(2)]
+    th, tw = dy.shape[1] // 2, dy.shape[2] // 2
+    win = [[_window(dy, (r, s), (th, tw), (2, 2)) for s in range(2)] for r in range(2)]
     rows = [_combine(_WINO_AT.T, win[r], 0) for r in range(2)]
-    return _combine(_WINO_AT.T, rows, 0).reshape(16, -1, dy.shape[-1])
+    return _combine(_WINO_AT.T, rows, 0).reshape(16, dy.shape[0] * th * tw, dy.shape[-1])
 
 
 def _winograd_kernel(w: jax.Array) -> jax.Array:
     """(3, 3, I, O) -> (4, 4, I, O): G g G^T per (input, output) channel pair, in float32 (one
     element-wise kernel; as an einsum it compiled to four matmul kernels and two transposes)."""
     w = w.astype(jnp.float32)
-    rows = _combine(_WINO_G, [w[y] for y in range(3)], 0)                     # (4, 3, I, O)
-    return _combine(_WINO_G, [rows[:, x] for x in range(3)], 1)               # (4, 4, I, O)
+    rows = _combine(_WINO_G, [_take(w, y) for y in range(3)], 0)              # (4, 3, I, O)
+    return _combine(_WINO_G, [_take(rows, x, axis=1) for x in range(3)], 1)  # (4, 4, I, O)
 
 
+@jax.jit   # traced once per shape: the primal, the VJP's forward and its dx conv share the trace
 def _winograd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(y, V): the convolution and its transformed input tiles V = B^T d B."""
     u = _winograd_kernel(w).astype(w.dtype).reshape(16, *w.shape[2:])
@@ -243,6 +268,7 @@ def winograd_conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
     return _winograd(x, w)[0]
 
 
+@jax.jit
 def winograd_kernel_grad(x: Optional[jax.Array], dy: jax.Array,
                          v: Optional[jax.Array] = None) -> jax.Array:
     """d/dW of sum(winograd_conv3x3(x, W) * dy): G^T (sum over tiles V^T dM) G, V = B^T d B
@@ -251,8 +277,8 @@ def winograd_kernel_grad(x: Optional[jax.Array], dy: jax.Array,
     du = jnp.einsum("knc,kno->kco", v, _winograd_output_transpose(dy.astype(v.dtype)),
                     preferred_element_type=jnp.float32)
     du = du.reshape(4, 4, *du.shape[1:])
-    rows = _combine(_WINO_G.T, [du[a] for a in range(4)], 0)                  # (3, 4, I, O)
-    return _combine(_WINO_G.T, [rows[:, b] for b in range(4)], 1)             # (3, 3, I, O)
+    rows = _combine(_WINO_G.T, [_take(du, a) for a in range(4)], 0)           # (3, 4, I, O)
+    return _combine(_WINO_G.T, [_take(rows, b, axis=1) for b in range(4)], 1)  # (3, 3, I, O)
 
 
 def _conv_fwd_cpu(x, w, strides, padding, winograd):
