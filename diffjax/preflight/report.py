@@ -54,6 +54,26 @@ class Report:
     state_bytes_per_device: int
     largest_leaves: list          # (path, spec, bytes per device)
     state_specs: dict             # path -> PartitionSpec string
+    undivided: list = dataclasses.field(default_factory=list)  # (path, shape, bytes): see below
+    fsdp_hint: int | None = None  # an fsdp size that leaves none of ``undivided`` replicated
+
+    def undivided_warning(self) -> str | None:
+        """The state arrays the 'fsdp' rule meant to split but could not: no dimension is divisible
+        by the fsdp size, so every device holds them whole (with their optimizer moments and EMAs)."""
+        if not self.undivided:
+            return None
+        fsdp = self.mesh_shape.get("fsdp", 1)
+        total = sum(b for _, _, b in self.undivided)
+        name, shape, _ = max(self.undivided, key=lambda u: u[2])
+        msg = (f"warning: {len(self.undivided)} train-state arrays ({_gib(total).strip()} per device) "
+               f"stay replicated: no dimension is divisible by fsdp={fsdp} (largest: {name} "
+               f"{tuple(shape)}).")
+        if self.fsdp_hint:
+            msg += (f" fsdp={self.fsdp_hint} divides them all: --config.mesh.fsdp={self.fsdp_hint} "
+                    f"--config.mesh.data={self.num_devices // self.fsdp_hint}.")
+        else:
+            msg += " No fsdp size that divides the device count splits them all."
+        return msg
 
     def fits(self) -> bool:
         if self.hbm_bytes is None:
@@ -79,7 +99,9 @@ class Report:
     def as_dict(self) -> dict:
         out = {"target": self.target, "devices": self.num_devices, "mesh": self.mesh_shape,
                "hbm_bytes_per_device": self.hbm_bytes, "fits": self.fits(),
-               "state_bytes_per_device": self.state_bytes_per_device, "programs": {}}
+               "state_bytes_per_device": self.state_bytes_per_device, "programs": {},
+               "undivided": [{"path": n, "shape": list(sh), "bytes_per_device": b}
+                             for n, sh, b in self.undivided], "fsdp_hint": self.fsdp_hint}
         for p in self.programs:
             t = self.step_seconds(p)
             out["programs"][p.name] = {
@@ -119,6 +141,8 @@ def format_table(r: Report) -> str:
                  "FLOPs / (est. s * peak bf16 FLOP/s), an upper bound")
     lines.append(f"train state per device: {_gib(r.state_bytes_per_device).strip()}; "
                  f"fits: {'yes' if r.fits() else 'NO'}")
+    if r.undivided_warning():
+        lines.append(r.undivided_warning())
     return "\n".join(lines)
 
 
@@ -191,10 +215,29 @@ def run(config, devices: Sequence[Any], *, target: str = "cpu", chip: chips_lib.
     if sample:
         programs.append(_analyse("sample_loop", lambda: _lower_sampler(config, ts, example_shape)))
     total, largest, specs = _leaf_table(ts.abstract_state)
+    undivided, hint = _undivided(config, ts.abstract_state, dict(mesh.shape), len(devices))
     return Report(target=target, num_devices=len(devices), mesh_shape=dict(mesh.shape),
                   hbm_bytes=per_device_hbm, peak_flops=None if chip is None else chip.peak_bf16_flops,
                   bandwidth=None if chip is None else chip.hbm_bandwidth, programs=programs,
-                  state_bytes_per_device=total, largest_leaves=largest, state_specs=specs)
+                  state_bytes_per_device=total, largest_leaves=largest, state_specs=specs,
+                  undivided=undivided, fsdp_hint=hint)
+
+
+def _undivided(config, abstract_state, mesh_shape: dict, num_devices: int):
+    """(path, shape, bytes) of the state arrays left replicated by fsdp divisibility, largest first,
+    and the largest fsdp size that would split them all (None if there are none or no such size)."""
+    from diffjax.training import sharding
+
+    found = sharding.fsdp_undivided(abstract_state, mesh_shape.get(sharding.PARAM_AXIS, 1),
+                                    config.sharding.rules, config.sharding.min_size)
+    if not found:
+        return [], None
+    nbytes = {sharding.path_name(path): int(np.prod(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize
+              for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+              if hasattr(leaf, "shape")}
+    rows = sorted(((n, sh, nbytes[n]) for n, sh in found), key=lambda r: -r[2])
+    hints = sharding.fsdp_sizes_dividing([sh for _, sh in found], num_devices)
+    return rows, (hints[0] if hints else None)
 
 
 def _lower_sampler(config, ts, example_shape):
@@ -261,4 +304,6 @@ def advice(r: Report) -> str:
         lines.append(f"the train state dominates: raise config.mesh.fsdp (now {fsdp}) so rule "
                      "('.*', 'fsdp') in config.sharding.rules splits parameters and optimizer moments "
                      "over more devices, or lower config.sharding.min_size.")
+    if r.undivided_warning():
+        lines.append(r.undivided_warning())
     return "\n".join(lines)

@@ -113,9 +113,7 @@ def path_name(path) -> str:
     return "/".join(parts)
 
 
-def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[Sequence[str]] = ((".*", "fsdp"),),
-                   min_size: int = 2 ** 14) -> Any:
-    """NamedSharding for every array leaf of ``tree`` (arrays or ShapeDtypeStructs) by the rules."""
+def _compile_rules(rules: Sequence[Sequence[str]]):
     compiled = []
     for rule in rules:
         pattern, strategy = rule
@@ -123,16 +121,49 @@ def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[Sequence[str]] = ((".*
             raise ValueError(f"config.sharding.rules: unknown strategy {strategy!r} for pattern "
                              f"{pattern!r}; expected one of {STRATEGIES}")
         compiled.append((re.compile(pattern), strategy))
+    return lambda name: next((s for p, s in compiled if p.fullmatch(name) or p.match(name)),
+                             "replicate")
+
+
+def tree_shardings(tree: Any, mesh: Mesh, rules: Sequence[Sequence[str]] = ((".*", "fsdp"),),
+                   min_size: int = 2 ** 14) -> Any:
+    """NamedSharding for every array leaf of ``tree`` (arrays or ShapeDtypeStructs) by the rules."""
+    strategy_of = _compile_rules(rules)
     fsdp = axis_size(mesh, PARAM_AXIS)
 
     def one(path, leaf):
-        name = path_name(path)
-        strategy = next((s for p, s in compiled if p.fullmatch(name) or p.match(name)), "replicate")
-        if strategy == "replicate" or not hasattr(leaf, "shape"):
+        if strategy_of(path_name(path)) == "replicate" or not hasattr(leaf, "shape"):
             return NamedSharding(mesh, P())
         return NamedSharding(mesh, fsdp_spec(tuple(leaf.shape), fsdp, min_size))
 
     return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def fsdp_undivided(tree: Any, fsdp_size: int, rules: Sequence[Sequence[str]] = ((".*", "fsdp"),),
+                   min_size: int = 2 ** 14) -> list[tuple[str, tuple[int, ...]]]:
+    """(path, shape) of the leaves the rules give to 'fsdp' that stay whole on every device because
+    none of their dimensions is divisible by ``fsdp_size`` (e.g. DiT-XL/2's 1152 x 3456 attention
+    kernels at fsdp 256: 1152 = 2^7 * 9)."""
+    if fsdp_size <= 1:
+        return []
+    strategy_of = _compile_rules(rules)
+    out = []
+
+    def visit(path, leaf):
+        shape = tuple(getattr(leaf, "shape", ()))
+        if (shape and strategy_of(path_name(path)) == "fsdp" and math.prod(shape) >= max(min_size, 1)
+                and fsdp_spec(shape, fsdp_size, min_size) == P()):
+            out.append((path_name(path), shape))
+
+    jax.tree_util.tree_map_with_path(visit, tree)
+    return out
+
+
+def fsdp_sizes_dividing(shapes: Sequence[Sequence[int]], num_devices: int) -> list[int]:
+    """The fsdp sizes > 1 (divisors of ``num_devices``, largest first) under which every shape has a
+    dimension divisible by the size, i.e. none of them stays replicated."""
+    return [k for k in range(num_devices, 1, -1) if num_devices % k == 0
+            and all(any(d % k == 0 and d >= k for d in shape) for shape in shapes)]
 
 
 def to_global(local_batch: Any, sharding: NamedSharding) -> Any:

@@ -49,3 +49,38 @@ def test_batch_sharding_covers_data_axes():
     mesh = sharding.make_mesh({"data": -1, "fsdp": 1})
     assert sharding.batch_sharding(mesh).spec == P(("data", "fsdp"))
     assert sharding.batch_divisor(mesh) == len(jax.devices())
+
+
+def test_fsdp_undivided_names_the_leaves_no_dimension_splits():
+    """DiT-XL/2 widths at fsdp 256: 1152 = 2^7 * 9 and 3456 = 2^7 * 27 have no dimension divisible by
+    256, 6912 = 2^8 * 27 has; the report must name exactly the first two, and 128 splits them all."""
+    tree = {"params": {"attn": {"qkv": np.zeros((1152, 3456), np.float32),
+                                "proj": np.zeros((1152, 1152), np.float32),
+                                "bias": np.zeros((3456,), np.float32)},       # small: replicated anyway
+                       "ada": {"kernel": np.zeros((1152, 6912), np.float32)},
+                       "pos": np.zeros((256, 1152), np.float32)},
+            "ema": {"proj": np.zeros((1152, 1152), np.float32)}}
+    rules = (("ema/.*", "replicate"), (".*", "fsdp"))
+    found = dict(sharding.fsdp_undivided(tree, 256, rules))
+    assert found == {"params/attn/qkv": (1152, 3456), "params/attn/proj": (1152, 1152)}
+    for shape in found.values():
+        assert all(d % 256 for d in shape)
+    assert sharding.fsdp_undivided(tree, 128, rules) == []
+    assert sharding.fsdp_undivided(tree, 1, rules) == []
+    sizes = sharding.fsdp_sizes_dividing(list(found.values()), 256)
+    assert sizes[0] == 128 and 256 not in sizes and all(256 % k == 0 for k in sizes)
+    assert sharding.fsdp_sizes_dividing([(7, 9)], 4) == []
+
+
+def test_preflight_warns_about_undivided_leaves_and_suggests_a_mesh():
+    from diffjax.preflight import report
+    r = report.Report(target="v5e:16x16", num_devices=256, mesh_shape={"data": 1, "fsdp": 256},
+                      hbm_bytes=16 * 2 ** 30, peak_flops=None, bandwidth=None, programs=[],
+                      state_bytes_per_device=3 * 2 ** 30, largest_leaves=[], state_specs={},
+                      undivided=[("params/attn/qkv", (1152, 3456), 2 ** 24)], fsdp_hint=128)
+    text = report.format_table(r)
+    assert "params/attn/qkv" in text and "fsdp=256" in text
+    assert "--config.mesh.fsdp=128 --config.mesh.data=2" in text
+    assert r.as_dict()["fsdp_hint"] == 128
+    r.undivided, r.fsdp_hint = [], None
+    assert "warning" not in report.format_table(r)
