@@ -10,7 +10,8 @@ positions with a zero-initialised output projection. Inputs are channel-last (B,
 ``Conv`` and ``GroupNorm`` compute the same functions as flax's nn.Conv / nn.GroupNorm, with the same
 parameters, in forms XLA:CPU runs fast (see BENCHMARKS.md for the measurements):
     GroupNorm  per-channel sums over the spatial axes first, then per-group sums of those (B, C)
-               totals: mu = E[x], var = E[x^2] - mu^2 (float32), y = (x - mu) rsqrt(var + eps) g + b.
+               totals: mu = E[x], var = E[x^2] - mu^2 (float32), y = (x - mu) rsqrt(var + eps) g + b;
+               its gradient written out (custom VJP), jitted once per shape.
                (Reducing the (B, *spatial, G, C/G) view directly is a strided reduction XLA:CPU
                runs ~5x slower.)
     Conv       1x1: a matmul over channels. On CPU lowering, 'same' 3x3 stride-1 convs run as
@@ -94,7 +95,8 @@ def _group_norm_fwd(x, scale, bias, groups, eps, out_dtype):
     var = jnp.maximum(_group_sum(jnp.sum(xf * xf, axes), groups) / n - mean * mean, 0.0)
     rstd = jax.lax.rsqrt(var + eps)
     mul = _per_channel(rstd, c) * scale.astype(jnp.float32)                   # (B, C)
-    y = (xf - _spatial(_per_channel(mean, c), x.ndim)) * _spatial(mul, x.ndim) + bias.astype(jnp.float32)
+    y = ((xf - _spatial(_per_channel(mean, c), x.ndim)) * _spatial(mul, x.ndim)
+         + bias.astype(jnp.float32))
     return y.astype(out_dtype), (x, scale, bias, mean, rstd)
 
 
@@ -204,13 +206,14 @@ def _unfused(x: jax.Array) -> jax.Array:
 
     The tile transforms read every input element up to 16 times; fused into them, x's producer is
     recomputed on each read. Used on dY in the kernel gradient, whose producer is the backward chain
-    (SiLU', GroupNorm's dx; measured train step 6.6 s without the boundary, 6.2 s with it). The input
-    transform goes without: since GroupNorm's forward is one affine map per channel the step is
-    faster without the boundary there (6.2 s) than with it (6.35 s). ``lax.optimization_barrier`` is gone before XLA fuses; a conditional (both branches the identity,
-    the predicate a runtime value XLA cannot fold) is a boundary fusion does not cross. The branches
-    must differ in form (a + 0, a * 1): with two identical branches XLA removes the conditional.
-    Only a speed device: the value is x whatever XLA does with it. The predicate reads x's first
-    element, so x must be data, not a constant (e.g. padding) XLA could fold.
+    (SiLU', GroupNorm's dx): train step 6.2 s with the boundary, 6.6 s without. The input transform
+    goes without it: since GroupNorm's forward is one affine map per channel, the step is faster
+    with no boundary there (6.2 s) than with one (6.35 s).
+    ``lax.optimization_barrier`` is gone before XLA fuses; a conditional (both branches the
+    identity, the predicate a runtime value XLA cannot fold) is a boundary fusion does not cross. The
+    branches must differ in form (a + 0, a * 1): with two identical branches XLA removes the
+    conditional. Only a speed device: the value is x whatever XLA does with it. The predicate reads
+    x's first element, so x must be data, not a constant (e.g. padding) XLA could fold.
     """
     if not x.size:
         return x
