@@ -70,6 +70,18 @@ def test_winograd_kernel_gradient_matches_lax_conv():
     _close(unet_blocks.winograd_kernel_grad(x, dy), ref, 1e-5)
 
 
+def test_winograd_rejects_shapes_it_cannot_take():
+    w = _rand(2, (3, 3, 5, 6))
+    with pytest.raises(ValueError, match="even H and W"):
+        unet_blocks.winograd_conv3x3(_rand(1, (2, 7, 8, 5)), w)
+    with pytest.raises(ValueError, match="kernel"):
+        unet_blocks.winograd_conv3x3(_rand(1, (2, 8, 8, 4)), w)
+    with pytest.raises(ValueError, match="x or its transformed tiles"):
+        unet_blocks.winograd_kernel_grad(None, _rand(3, (2, 8, 8, 6)))
+    with pytest.raises(ValueError, match="does not match"):
+        unet_blocks.winograd_kernel_grad(_rand(1, (2, 8, 8, 5)), _rand(3, (2, 4, 4, 6)))
+
+
 def test_winograd_conv_takes_an_empty_batch():
     """The fusion boundary reads one element of its input; a batch of 0 must skip it, not fail."""
     w = _rand(2, (3, 3, 5, 6))

@@ -266,8 +266,16 @@ def _winograd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
     return _winograd_output(m, x.shape[:3]).astype(jnp.result_type(x, w)), v
 
 
+def _check_winograd(x, w) -> None:
+    if not _winograd_ok(x, w, (1, 1), ((1, 1), (1, 1))) or x.shape[-1] != w.shape[2]:
+        raise ValueError(f"Winograd F(2x2, 3x3) needs x (B, H, W, C) with even H and W and a kernel "
+                         f"(3, 3, C, O); got x {tuple(x.shape)}, kernel {tuple(w.shape)} (use "
+                         f"conv_nd, which falls back to lax.conv)")
+
+
 def winograd_conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
     """'Same' 3x3 stride-1 convolution (NHWC, HWIO, even H and W) by Winograd F(2x2, 3x3)."""
+    _check_winograd(x, w)
     return _winograd(x, w)[0]
 
 
@@ -276,6 +284,13 @@ def winograd_kernel_grad(x: Optional[jax.Array], dy: jax.Array,
                          v: Optional[jax.Array] = None) -> jax.Array:
     """d/dW of sum(winograd_conv3x3(x, W) * dy): G^T (sum over tiles V^T dM) G, V = B^T d B
     (``v`` if given, e.g. saved by the forward pass), dM = A dY A^T (float32)."""
+    if v is None:
+        if x is None:
+            raise ValueError("winograd_kernel_grad needs the input x or its transformed tiles v")
+        _check_winograd(x, jnp.zeros((3, 3, x.shape[-1], dy.shape[-1]), x.dtype))
+        if dy.shape != x.shape[:3] + (dy.shape[-1],):
+            raise ValueError(f"winograd_kernel_grad: dy {tuple(dy.shape)} does not match the "
+                             f"'same' conv output of x {tuple(x.shape)}")
     v = _winograd_input(x) if v is None else v
     du = jnp.einsum("knc,kno->kco", v, _winograd_output_transpose(dy.astype(v.dtype)),
                     preferred_element_type=jnp.float32)

@@ -84,3 +84,19 @@ def test_preflight_warns_about_undivided_leaves_and_suggests_a_mesh():
     assert r.as_dict()["fsdp_hint"] == 128
     r.undivided, r.fsdp_hint = [], None
     assert "warning" not in report.format_table(r)
+
+
+def test_preflight_collects_undivided_leaves_with_their_bytes_largest_first():
+    """report._undivided (what preflight.run attaches to the Report) on an abstract DiT-like state."""
+    import jax.numpy as jnp
+    import ml_collections
+    from diffjax.preflight import report
+    state = {"params": {"qkv": jax.ShapeDtypeStruct((1152, 3456), jnp.float32),
+                        "proj": jax.ShapeDtypeStruct((1152, 1152), jnp.bfloat16),
+                        "ada": jax.ShapeDtypeStruct((1152, 6912), jnp.float32)}}
+    cfg = ml_collections.ConfigDict({"sharding": {"rules": ((".*", "fsdp"),), "min_size": 2 ** 14}})
+    rows, hint = report._undivided(cfg, state, {"data": 1, "fsdp": 256}, 256)
+    assert rows == [("params/qkv", (1152, 3456), 1152 * 3456 * 4),
+                    ("params/proj", (1152, 1152), 1152 * 1152 * 2)]
+    assert hint == 128
+    assert report._undivided(cfg, state, {"data": 2, "fsdp": 128}, 256) == ([], None)
