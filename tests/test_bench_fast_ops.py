@@ -110,13 +110,47 @@ def _reference_attention(q, k, v, mask=None):
     return jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, -1), v)
 
 
-def test_attention_matches_softmax_formula(masked=True):
-    q, k, v = _rand(1, (2, 7, 4, 8), 3.0), _rand(2, (2, 5, 4, 8), 3.0), _rand(3, (2, 5, 4, 8))
-    mask = jnp.array([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], bool) if masked else None
+@pytest.mark.parametrize("masked", [True, False])
+@pytest.mark.parametrize("chunk_bytes", [None, 1])   # 1 byte: one example per lax.map chunk
+def test_attention_matches_softmax_formula(monkeypatch, masked, chunk_bytes):
+    """Values and gradients (q, k, v) of the CPU form (chunked, own VJP) against softmax(q k^T) v."""
+    if chunk_bytes:
+        monkeypatch.setattr(layers, "_CHUNK_BYTES", chunk_bytes)
+    q, k, v = _rand(1, (3, 7, 4, 8), 3.0), _rand(2, (3, 5, 4, 8), 3.0), _rand(3, (3, 5, 4, 8))
+    mask = jnp.array([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]], bool) if masked else None
     dy = _rand(4, q.shape[:3] + (8,))
     both = lambda f: jax.jit(lambda a, b, c: (f(a, b, c, mask), jax.grad(
         lambda a, b, c: jnp.sum(f(a, b, c, mask) * dy), (0, 1, 2))(a, b, c)))(q, k, v)
     _close(both(layers.attention), both(_reference_attention), 2e-5)
+
+
+def test_attention_tpu_gpu_form_matches_softmax_formula():
+    """The form TPU and GPU lowerings take (``lax.platform_dependent``'s default branch)."""
+    q, k, v = _rand(1, (2, 7, 4, 8), 3.0), _rand(2, (2, 5, 4, 8), 3.0), _rand(3, (2, 5, 4, 8))
+    mask = jnp.array([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], bool)
+    bias = jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)
+    qh = jnp.swapaxes(q * 8 ** -0.5, 1, 2)
+    kt, vt = (jnp.transpose(t, (0, 2, 3, 1)) for t in (k, v))
+    out = jnp.swapaxes(layers._attention_xla(qh, kt, vt, bias), 1, 2)
+    _close(out, _reference_attention(q, k, v, mask), 2e-5)
+
+
+def test_attention_cpu_chunks_keep_logits_under_the_budget():
+    q, kt = jnp.zeros((32, 16, 256, 8)), jnp.zeros((32, 16, 8, 256))   # 4 MiB of logits per example
+    assert layers._chunk(q, kt) == 2
+    assert layers._chunk(q[:, :, :64], kt[..., :64]) == 32              # all of a small batch at once
+    assert layers._chunk(jnp.zeros((1, 16, 4096, 8)), jnp.zeros((1, 16, 8, 4096))) == 1
+
+
+def test_attention_bfloat16_stays_close():
+    q, k, v = (_rand(i, (2, 16, 4, 8), 2.0) for i in (1, 2, 3))
+    dy = _rand(4, q.shape)
+    grads = lambda f, dt: jax.grad(lambda a, b, c: jnp.sum(f(a, b, c).astype(jnp.float32) * dy),
+                                   (0, 1, 2))(*(t.astype(dt) for t in (q, k, v)))
+    out = layers.attention(*(t.astype(jnp.bfloat16) for t in (q, k, v)))
+    assert out.dtype == jnp.bfloat16
+    _close(out, _reference_attention(q, k, v), 3e-2)
+    _close(grads(layers.attention, jnp.bfloat16), grads(_reference_attention, jnp.float32), 5e-2)
 
 
 def test_bfloat16_compute_stays_close():

@@ -36,21 +36,89 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array,
               mask: Optional[jax.Array] = None) -> jax.Array:
     """Multi-head scaled dot-product attention. q (B,Lq,H,d), k/v (B,Lk,H,d), mask (B,Lk) bool.
 
-    Computed as o = (exp(l - max l) v) / sum exp(l - max l) with l = (q / sqrt(d)) k^T per head: the
-    softmax normalization is applied to the (Lq, d) output instead of the (Lq, Lk) weights, and the
-    scale to q instead of the logits. Same function as softmax(q k^T / sqrt(d)) v; on XLA:CPU it is
-    ~3x faster for small heads (d = 8 at L = 256), where the (Lq, Lk) element-wise passes dominate.
+    softmax(q k^T / sqrt(d)) v per head, logits and softmax in float32. TPU and GPU lowerings use the
+    plain formula (``_attention_xla``); XLA:CPU lowering uses ``_attention_cpu``, the same function
+    with its own gradient, computed in batch chunks whose (H, Lq, Lk) logits stay in cache.
     """
     scale = jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    bias = None if mask is None else jnp.where(mask, 0.0, jnp.finfo(jnp.float32).min)
     qh = jnp.swapaxes(q * scale, 1, 2)                               # (B, H, Lq, d)
-    kh = jnp.transpose(k, (0, 2, 3, 1))                              # (B, H, d, Lk)
-    logits = jnp.matmul(qh, kh, preferred_element_type=jnp.float32)  # (B, H, Lq, Lk)
-    if mask is not None:
-        logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-    e = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
-    out = jnp.matmul(e.astype(v.dtype), jnp.swapaxes(v, 1, 2), preferred_element_type=jnp.float32)
-    out = out / jnp.sum(e, axis=-1, keepdims=True)
+    kt, vt = (jnp.transpose(t, (0, 2, 3, 1)) for t in (k, v))        # (B, H, d, Lk)
+    out = jax.lax.platform_dependent(qh, kt, vt, bias, cpu=_attention_cpu, default=_attention_xla)
     return jnp.swapaxes(out, 1, 2).astype(v.dtype)                  # (B, Lq, H, d)
+
+
+def _mm(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32)
+
+
+def _logits(q, kt, bias):
+    s = _mm("...qd,...dk->...qk", q, kt)
+    return s if bias is None else s + bias[..., None, None, :]
+
+
+def _attention_xla(q, kt, vt, bias):
+    """o = softmax(q kt + bias) vt^T for q (B,H,Lq,d) (already scaled), kt/vt (B,H,d,Lk)."""
+    return _mm("...qk,...dk->...qd", jax.nn.softmax(_logits(q, kt, bias), -1).astype(vt.dtype), vt)
+
+
+# XLA:CPU. Two findings from profiling the bench U-Net (16 heads of d = 8 over L = 256, BENCHMARKS.md):
+# (1) the (Lq, Lk) arrays, not the FLOPs, are the cost, so each pass should find them in cache:
+#     the batch is processed in chunks of about _CHUNK_BYTES of logits (lax.map);
+# (2) autodiff's backward contracts p over its non-minor axis (dv = p^T do), a form XLA:CPU runs on a
+#     slow path (4x); the gradient below keeps k and v as (d, Lk) so every product is a plain matmul
+#     whose (Lq, Lk) operand is read row-major, and recomputes p from the saved log-sum-exp instead of
+#     storing it (FlashAttention's backward, Dao et al. 2022, Alg. 4, without the tiling).
+_CHUNK_BYTES = 8 * 2 ** 20
+
+
+def _chunk(q, kt) -> int:
+    per_example = 4 * q.shape[1] * q.shape[2] * kt.shape[-1]
+    return max(1, min(q.shape[0], _CHUNK_BYTES // max(per_example, 1)))
+
+
+def _attention_fwd_chunk(q, kt, vt, bias):
+    s = _logits(q, kt, bias)
+    m = jax.lax.stop_gradient(jnp.max(s, -1, keepdims=True))
+    p = jnp.exp(s - m)
+    l = jnp.sum(p, -1, keepdims=True)
+    return _mm("...qk,...dk->...qd", p.astype(vt.dtype), vt) / l, m + jnp.log(l)
+
+
+def _attention_bwd_chunk(q, kt, vt, bias, o, lse, do):
+    """With p = exp(s - lse): dvt = do^T p, ds = p (do vt - <do, o>), dq = ds kt^T, dkt = q^T ds."""
+    p = jnp.exp(_logits(q, kt, bias) - lse)
+    do_c = do.astype(vt.dtype)
+    dvt = _mm("...qd,...qk->...dk", do_c, p.astype(vt.dtype))
+    dp = _mm("...qd,...dk->...qk", do_c, vt)
+    ds = p * (dp - jnp.sum(do * o, -1, keepdims=True))
+    dq = _mm("...qk,...dk->...qd", ds.astype(kt.dtype), kt)
+    dkt = _mm("...qd,...qk->...dk", q, ds.astype(q.dtype))
+    dbias = None if bias is None else jnp.sum(ds, (-3, -2))
+    return dq, dkt, dvt, dbias
+
+
+def _attention_cpu_fwd(q, kt, vt, bias):
+    o, lse = jax.lax.map(lambda a: _attention_fwd_chunk(*a), (q, kt, vt, bias),
+                         batch_size=_chunk(q, kt))
+    return o, (q, kt, vt, bias, o, lse)
+
+
+def _attention_cpu_bwd(res, do):
+    q, kt, vt, bias, o, lse = res
+    dq, dkt, dvt, dbias = jax.lax.map(lambda a: _attention_bwd_chunk(*a),
+                                      (q, kt, vt, bias, o, lse, do.astype(jnp.float32)),
+                                      batch_size=_chunk(q, kt))
+    return (dq.astype(q.dtype), dkt.astype(kt.dtype), dvt.astype(vt.dtype),
+            None if bias is None else dbias.astype(bias.dtype))
+
+
+@jax.custom_vjp
+def _attention_cpu(q, kt, vt, bias):
+    return _attention_cpu_fwd(q, kt, vt, bias)[0]
+
+
+_attention_cpu.defvjp(_attention_cpu_fwd, _attention_cpu_bwd)
 
 
 class SelfAttention(nn.Module):
