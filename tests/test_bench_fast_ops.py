@@ -39,6 +39,26 @@ def test_group_norm_matches_flax(shape, groups):
     _check_module(unet_blocks.GroupNorm(groups), nn.GroupNorm(num_groups=groups, epsilon=1e-5), x)
 
 
+@pytest.mark.parametrize("shape, groups", [((2, 8, 8, 64), 32), ((3, 4, 4, 2, 6), 3)])
+def test_group_norm_silu_matches_flax(shape, groups):
+    """GroupNorm(activation='silu') = SiLU(nn.GroupNorm): values and gradients (x, scale, bias)."""
+    x = _rand(1, shape, 2.0, 0.5)
+
+    class Ref(nn.Module):
+        @nn.compact
+        def __call__(self, u):
+            return nn.silu(nn.GroupNorm(num_groups=groups, epsilon=1e-5, name="GroupNorm_0")(u))
+
+    class Fast(nn.Module):
+        @nn.compact
+        def __call__(self, u):
+            return unet_blocks.GroupNorm(groups, activation="silu", name="GroupNorm_0")(u)
+
+    _check_module(Fast(), Ref(), x)
+    with pytest.raises(ValueError, match="activation 'gelu'"):
+        unet_blocks.GroupNorm(groups, activation="gelu").init(jax.random.key(0), x)
+
+
 @pytest.mark.parametrize("shape, kernel, stride", [
     ((2, 8, 8, 5), 3, 1),        # Winograd F(2x2, 3x3) forward and input gradient
     ((2, 16, 12, 32), 3, 1),     # Winograd, non-square, more channels

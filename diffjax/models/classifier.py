@@ -98,7 +98,7 @@ class NoisyClassifier(nn.Module):
         h = res(h.shape[-1])(h, emb, train)
         h = attn()(h)
         h = res(h.shape[-1])(h, emb, train)
-        h = nn.silu(group_norm(h.shape[-1], self.dtype, "norm_out")(h))
+        h = group_norm(h.shape[-1], self.dtype, "norm_out", activation="silu")(h)
         if return_features:
             return h.reshape(h.shape[0], -1, h.shape[-1]).mean(1).astype(jnp.float32)
         if self.pool == "attention":
@@ -134,7 +134,7 @@ class Classifier(nn.Module):
                 h = Downsample(ch, True, name=f"down_{level}", **kw)(h)
             for i in range(self.num_res_blocks):
                 h = ResBlock(ch, self.dropout, name=f"res_{level}_{i}", **kw)(h, None, train)
-        h = nn.silu(group_norm(h.shape[-1], self.dtype, "norm_out")(h))
+        h = group_norm(h.shape[-1], self.dtype, "norm_out", activation="silu")(h)
         feats = h.reshape(h.shape[0], -1, h.shape[-1]).mean(1)
         if return_features:
             return feats.astype(jnp.float32)

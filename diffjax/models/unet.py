@@ -115,5 +115,5 @@ class UNet(nn.Module):
                     else:
                         h = Upsample(h.shape[-1], self.conv_resample, **kw)(h)
 
-        h = nn.silu(group_norm(h.shape[-1], self.dtype, "norm_out")(h))
+        h = group_norm(h.shape[-1], self.dtype, "norm_out", activation="silu")(h)
         return conv(out_ch, nd, zero=True, name="conv_out", **kw)(h).astype(jnp.float32)
