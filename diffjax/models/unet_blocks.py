@@ -382,7 +382,10 @@ class Conv(nn.Module):
         strides = tuple(self.strides or (1,) * nd)
         padding = tuple(tuple(p) for p in (self.padding or [(0, 0)] * nd))
         if math.prod(ks) == 1 and set(strides) == {1} and not any(map(any, padding)):
-            y = jnp.einsum("...c,cd->...d", x, kernel.reshape(kernel.shape[-2:]))
+            # One (B * spatial, C) matmul: its kernel gradient then has a single contracting axis,
+            # which XLA:CPU runs without first copying x (or dy) to a (C, N) layout.
+            y = jnp.matmul(x.reshape(-1, x.shape[-1]), kernel.reshape(kernel.shape[-2:]))
+            y = y.reshape(x.shape[:-1] + (self.features,))
         else:
             # The per-tap kernel gradient pays off on XLA:CPU only; TPU and GPU lowerings keep XLA's
             # own convolution gradient (the choice is made per platform when the step is lowered,
