@@ -20,6 +20,7 @@ import sys
 import time
 
 from bench import worker_io
+from diffjax import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_PEER_PYTHON = "/work/peer-venv/bin/python"
@@ -38,9 +39,38 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
+MALLOCS = ("hugetlb", "default")
+MALLOC = "hugetlb"   # set by bench.run --malloc; the same for both workers
+
+
+def malloc_env(env: dict, malloc: str) -> dict:
+    """``env`` with glibc's malloc tunables for ``malloc``: 'hugetlb' adds glibc.malloc.hugetlb=1
+    (what the ``diffjax`` command runs with, diffjax.runtime; both sides gain from it), 'default'
+    removes GLIBC_TUNABLES (glibc's defaults)."""
+    if malloc not in MALLOCS:
+        raise ValueError(f"malloc {malloc!r} is not one of {MALLOCS}")
+    env = {k: v for k, v in env.items() if k not in ("GLIBC_TUNABLES", "DIFFJAX_MALLOC_TUNING")}
+    if malloc == "hugetlb":
+        env = runtime.cpu_malloc_env(env) or env
+    return env
+
+
+def compact_memory() -> bool:
+    """Ask the kernel to defragment free memory (root only; best effort), so that both workers of
+    the next pair find huge pages: run-to-run noise otherwise reached +-30% in the train step."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/compact_memory", "w") as f:
+            f.write("1")
+        return True
+    except OSError:
+        return False
+
+
 def worker_env(threads: int = THREADS) -> dict:
-    """Environment for both workers: same thread count, CPU-only JAX, repo root importable."""
-    env = dict(os.environ)
+    """Environment for both workers: same thread count, CPU-only JAX, repo root importable, the
+    same malloc tunables (``MALLOC``)."""
+    env = malloc_env(dict(os.environ), MALLOC)
     env.update(JAX_PLATFORMS="cpu", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                BENCH_THREADS=str(threads), PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
                TF_CPP_MIN_LOG_LEVEL="3")
@@ -49,7 +79,8 @@ def worker_env(threads: int = THREADS) -> dict:
 
 def machine() -> dict:
     info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "load_1min": round(load(), 2)}
+            "load_1min": round(load(), 2), "malloc": MALLOC, "thp": runtime.thp_mode(),
+            "glibc_tunables": worker_env().get("GLIBC_TUNABLES", "")}
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()
@@ -153,6 +184,7 @@ def ab(workload: str, dtype: str, reps: int = 5, iters: int = 1, peer: bool = Tr
     if peer and peer_available():
         sides.append(("diffusers", peer_argv(workload, dtype, extra)))
     workers = {}
+    compact_memory()
     try:
         for name, argv in sides:
             log(f"  [{workload}/{dtype}] starting {name} (load {load():.2f})")
@@ -231,7 +263,7 @@ def summary(results: list, peak: dict) -> dict:
     """The one-line record BENCHMARKS.md keeps: train_ratio, sample_ratio (min over samplers), ..."""
     by = {(r["workload"], r["dtype"]): r for r in results}
     out = {"peak_float32_gflops": round(peak.get("xla_float32_gflops", float("nan")), 1),
-           "load_1min": round(load(), 2)}
+           "load_1min": round(load(), 2), "malloc": MALLOC}
     for dtype, suffix in (("float32", ""), ("bfloat16", "_bf16")):
         ratios = {w: by[(w, dtype)]["ratio"] for w in TARGETS if (w, dtype) in by and "ratio" in by[(w, dtype)]}
         if "train" in ratios:

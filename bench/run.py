@@ -35,12 +35,16 @@ def parse_args(argv, workloads=spec.WORKLOADS, doc=__doc__):
     p.add_argument("--bf16-reps", type=int, default=0, help="repetitions for bfloat16 (default --reps)")
     p.add_argument("--bf16-sample-steps", type=int, default=0,
                    help="--sample-steps for bfloat16 (default: --sample-steps)")
+    p.add_argument("--malloc", choices=harness.MALLOCS, default="hugetlb",
+                   help="glibc malloc tunables for both workers: 'hugetlb' (glibc.malloc.hugetlb=1, "
+                        "what the diffjax command uses) or 'default'")
     p.add_argument("--out", default="", help="also write all records as JSON here")
     return p.parse_args(argv)
 
 
 def main(argv=None, workloads=spec.WORKLOADS, doc=__doc__):
     a = parse_args(argv, workloads, doc)
+    harness.MALLOC = a.malloc
     log = lambda s: print(s, file=sys.stderr, flush=True)
     log(f"machine: {harness.machine()}")
     peak = harness.peak_record(peer=not a.no_peer)

@@ -20,6 +20,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from diffjax import runtime
+
 COMMANDS = ("train", "sample", "evaluate", "preflight")
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (train, preflight).",
@@ -198,7 +200,11 @@ def _main(argv):
 
 
 def main(argv=None):
-    """Console-script entry point (``diffjax = diffjax.cli:main``)."""
+    """Console-script entry point (``diffjax = diffjax.cli:main``). Run from the command line (argv
+    None), it first re-executes itself with glibc's huge-page tunable where that helps XLA:CPU
+    (``diffjax.runtime``; DIFFJAX_MALLOC_TUNING=0 turns it off)."""
+    if argv is None:
+        runtime.maybe_reexec("diffjax.cli", sys.argv)
     app.run(_main, argv=argv)
 
 
