@@ -499,9 +499,11 @@ class AttentionBlock(nn.Module):
         if ch % heads:
             raise ValueError(f"attention channels {ch} not divisible by {heads} heads")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = group_norm(ch, self.dtype, "norm")(x).reshape(x.shape[0], -1, ch)
-        qkv = nn.Dense(3 * ch, name="qkv", **kw)(h)
+        # The projections see (B * L, C) rows: their kernel gradients then contract one axis, which
+        # XLA:CPU runs as a plain matmul (over (B, L) it took a slower path, as the 1x1 Conv did).
+        h = group_norm(ch, self.dtype, "norm")(x).reshape(-1, ch)
+        qkv = nn.Dense(3 * ch, name="qkv", **kw)(h).reshape(x.shape[0], -1, 3 * ch)
         q, k, v = einops.rearrange(qkv, "b l (three h d) -> three b l h d", three=3, h=heads)
-        h = einops.rearrange(attention(q, k, v), "b l h d -> b l (h d)")
+        h = attention(q, k, v).reshape(-1, ch)
         h = nn.Dense(ch, kernel_init=zeros, name="proj", **kw)(h)
         return x + h.reshape(x.shape)
