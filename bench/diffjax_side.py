@@ -45,10 +45,10 @@ def init_params(model, seed: int = 0):
                                labels=jnp.zeros((1,), jnp.int32))["params"]
 
 
-def make_denoiser(model):
+def make_denoiser(model, max_batch=None):
     process = processes.get("vp_discrete")
     apply_fn = lambda p, *a, **k: model.apply({"params": p}, *a, **k)
-    return denoisers.from_network(apply_fn, process, "eps"), process
+    return denoisers.from_network(apply_fn, process, "eps", max_batch=max_batch), process
 
 
 def make_train_step(model):
@@ -67,14 +67,16 @@ def make_train_step(model):
     return step, tx
 
 
-def make_sample_fn(model, name: str, batch: int = spec.SAMPLE_BATCH, steps: int | None = None):
+def make_sample_fn(model, name: str, batch: int = spec.SAMPLE_BATCH, steps: int | None = None,
+                   max_batch: int | None = spec.MAX_BATCH):
     """Jitted ``fn(params, key, labels, scale, eta) -> x`` for the sampler ``spec.SAMPLERS[name]``.
 
     Only the batch, the image shape and the number of steps are static; ``scale`` (guidance), ``eta``
-    (DDIM stochasticity; ignored by DPM-Solver++) and ``key`` (seed) are traced.
+    (DDIM stochasticity; ignored by DPM-Solver++) and ``key`` (seed) are traced. Each network call
+    runs on slices of at most ``max_batch`` images (``denoisers.from_network``; None: whole batch).
     """
     kind, n, cfg = spec.SAMPLERS[name]
-    den, process = make_denoiser(model)
+    den, process = make_denoiser(model, max_batch)
     sig = timesteps.sigmas(process, steps or n, SPACING[kind])
     shape = (batch,) + spec.IMAGE
 
@@ -106,7 +108,7 @@ def forward_flops_per_image(model, params, batch: int = 8) -> int:
     return flops_lib.count(f, params) // batch
 
 
-def build(workload: str, dtype: str, sample_steps: int = 0):
+def build(workload: str, dtype: str, sample_steps: int = 0, max_batch: int | None = spec.MAX_BATCH):
     """(first_call, run, images_per_call, info) for one workload.
 
     ``first_call`` lowers and compiles (recording ``compile_s`` and XLA's temp buffer size in
@@ -141,7 +143,8 @@ def build(workload: str, dtype: str, sample_steps: int = 0):
         kind, steps, cfg = spec.SAMPLERS[workload]
         run_steps = min(sample_steps, steps) if sample_steps > 0 else steps
         b = spec.SAMPLE_BATCH * run_steps / steps   # images per call, extrapolated if cut short
-        fn = make_sample_fn(model, workload, spec.SAMPLE_BATCH, run_steps)
+        fn = make_sample_fn(model, workload, spec.SAMPLE_BATCH, run_steps, max_batch)
+        info["max_batch"] = max_batch
         labels = jnp.asarray(np.arange(spec.SAMPLE_BATCH) % spec.NUM_CLASSES, jnp.int32)
         scale, eta = jnp.float32(spec.GUIDANCE_SCALE), jnp.float32(0.0)
         info["flops_per_image"] = steps * fwd * (2 if cfg else 1)
@@ -174,9 +177,11 @@ def main(argv=None):
     p.add_argument("--sample-steps", type=int, default=0,
                    help="time only K sampler steps (images/s extrapolated to the full run)")
     p.add_argument("--no-warm", action="store_true", help="skip the untimed second call")
+    p.add_argument("--max-batch", type=int, default=spec.MAX_BATCH,
+                   help="sampling: network calls on slices of at most this many images (0: whole batch)")
     a = p.parse_args(argv)
     base = worker_io.rss_mb()
-    first, run, per_call, info = build(a.workload, a.dtype, a.sample_steps)
+    first, run, per_call, info = build(a.workload, a.dtype, a.sample_steps, a.max_batch or None)
     info.update(side="diffjax", workload=a.workload, dtype=a.dtype, import_rss_mb=base,
                 xla_flags=os.environ.get("XLA_FLAGS", ""),
                 versions={"jax": jax.__version__, "devices": str(jax.devices())})

@@ -19,7 +19,7 @@ train=, rngs=)`` into D with explicit params:
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -72,25 +72,49 @@ def _sigma_vec(sigma, x):
     return jnp.broadcast_to(sigma, (x.shape[0],))
 
 
-def _net(apply_fn, params, x_in, label, cond, train, rngs):
+def _net(apply_fn, params, x_in, label, cond, train, rngs, max_batch=None):
     cond = cond or {}
     kw = {}
     if rngs is not None:
         kw["rngs"] = rngs
-    return apply_fn(params, x_in, label, labels=cond.get("label"), context=cond.get("context"),
-                    train=train, **kw).astype(jnp.float32)
+    call = lambda a: apply_fn(params, a["x"], a["t"], labels=a.get("label"),
+                              context=a.get("context"), train=train, **kw).astype(jnp.float32)
+    args = {"x": x_in, "t": label, **{k: cond[k] for k in ("label", "context")
+                                       if cond.get(k) is not None}}
+    b = x_in.shape[0]
+    if train or not max_batch or b <= max_batch:
+        return call(args)
+    return _in_chunks(call, args, b, max_batch)
+
+
+def _in_chunks(call, args, b, size):
+    """call(args) computed as ceil(b / size) calls on consecutive batch slices of ``size`` rows (a
+    lax.map; the last slice padded by repeating the final row, the padding dropped after)."""
+    n = -(-b // size)
+    pad = n * size - b
+
+    def split(a):
+        a = jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]) if pad else a
+        return a.reshape((n, size) + a.shape[1:])
+
+    out = jax.lax.map(call, jax.tree.map(split, args))
+    return out.reshape((n * size,) + out.shape[2:])[:b]
 
 
 def from_network(apply_fn: Callable, process: P.Process, parameterization: str = "eps",
-                 sigma_data: float = 0.5):
+                 sigma_data: float = 0.5, max_batch: Optional[int] = None):
     """Wrap a network into ``den(params, x, sigma, cond, train=False, rngs=None) -> x0_hat``.
 
     ``x`` and ``sigma`` are in the EDM frame; the wrapper maps them to the process's time
-    t = t_from_sigma_tilde(sigma) and input x_t = alpha(t) x for the network.
+    t = t_from_sigma_tilde(sigma) and input x_t = alpha(t) x for the network. ``max_batch``: inference
+    calls (train=False) on a larger batch run the network on slices of at most this many rows, one
+    after another (same values; on a CPU the smaller working set can be faster per image, BENCHMARKS.md).
     """
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {parameterization!r}; expected one of "
                          f"{PARAMETERIZATIONS}")
+    if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
+        raise ValueError(f"max_batch must be a positive int or None; got {max_batch!r}")
 
     def den(params, x, sigma, cond=None, train: bool = False, rngs=None):
         s = _sigma_vec(sigma, x)
@@ -100,12 +124,13 @@ def from_network(apply_fn: Callable, process: P.Process, parameterization: str =
             c_skip = sd ** 2 / (s ** 2 + sd ** 2)
             c_out = s * sd / jnp.sqrt(s ** 2 + sd ** 2)
             c_in = 1.0 / jnp.sqrt(s ** 2 + sd ** 2)
-            F = _net(apply_fn, params, bcast(c_in, xf) * xf, jnp.log(s) / 4.0, cond, train, rngs)
+            F = _net(apply_fn, params, bcast(c_in, xf) * xf, jnp.log(s) / 4.0, cond, train, rngs,
+                     max_batch)
             return bcast(c_skip, xf) * xf + bcast(c_out, xf) * F
         t = process.t_from_sigma_tilde(s)
         a, sg = process.alpha(t), process.sigma(t)
         x_t = bcast(a, xf) * xf
-        out = _net(apply_fn, params, x_t, process.noise_label(t), cond, train, rngs)
+        out = _net(apply_fn, params, x_t, process.noise_label(t), cond, train, rngs, max_batch)
         a, sg = bcast(a, xf), bcast(sg, xf)
         if parameterization == "eps":
             return (x_t - sg * out) / a
