@@ -51,16 +51,17 @@ def make_denoiser(model, max_batch=None):
     return denoisers.from_network(apply_fn, process, "eps", max_batch=max_batch), process
 
 
-def make_train_step(model):
-    """``step(params, opt_state, batch, key, i) -> (params, opt_state, loss)``, jitted, donating."""
+def make_train_step(model, slices: int = spec.TRAIN_SLICES):
+    """``step(params, opt_state, batch, key, i) -> (params, opt_state, loss)``, jitted, donating;
+    the batch's gradient computed in ``slices`` slices (``losses.value_and_grad_in_slices``)."""
     den, process = make_denoiser(model)
     loss_fn = losses.make_loss(den, process, weighting="snr")
+    vg = losses.value_and_grad_in_slices(loss_fn, slices)
     tx = optax.adamw(spec.LR, weight_decay=0.0)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, batch, key, i):
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, batch, jax.random.fold_in(key, i))
+        (loss, _), grads = vg(params, batch, jax.random.fold_in(key, i))
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
@@ -121,7 +122,7 @@ def build(workload: str, dtype: str, sample_steps: int = 0, max_batch: int | Non
     info = dict(forward_flops_per_image=fwd)
     st = {"i": 0}
     if workload == "train":
-        step, tx = make_train_step(model)
+        step, tx = make_train_step(model, int(os.environ.get("BENCH_TRAIN_SLICES", spec.TRAIN_SLICES)))
         rng = np.random.default_rng(0)
         b = spec.TRAIN_BATCH
         batch = {"x": jnp.asarray(np.clip(rng.standard_normal((b, h, w, c)), -1, 1), jnp.float32),

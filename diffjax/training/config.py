@@ -49,7 +49,7 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
 
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-3, schedule="cosine", warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.0, grad_clip=1.0, accum_steps=1))
+        weight_decay=0.0, grad_clip=1.0, accum_steps=1, grad_slices=1))
 
     c.ema = ml_collections.ConfigDict(dict(decays=(0.999,), power_stds=(0.1,)))
 

@@ -8,6 +8,8 @@ several processes, and for ahead-of-time compilation on a device list (TPU pre-f
 
 One step (Karras et al. 2022 / Ho et al. 2020 denoising score matching from core/losses.py):
     key = fold_in(state.rng, state.step);  (loss, aux), g = value_and_grad(loss_fn)(params, batch, key)
+        (in config.optim.grad_slices slices of the batch, one after another, when > 1:
+         losses.value_and_grad_in_slices; less memory, and on a CPU often faster)
     params <- params + tx.update(g)   (clip, AdamW, schedule; MultiSteps when accumulating)
     ema    <- ema.update(ema, params, k) only on steps where the optimizer applied an update.
 Every input is a pure function of (state, batch), so a resumed run repeats an uninterrupted one
@@ -118,6 +120,12 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
                          f"divisible by the {sharding.batch_divisor(mesh)} batch shards of mesh "
                          f"{dict(mesh.shape)}")
 
+    slices = int(config.optim.grad_slices)
+    if slices < 1 or micro % slices:
+        raise ValueError(f"config.optim.grad_slices {slices} must be >= 1 and divide the micro-batch "
+                         f"{micro} (config.batch_size / accum_steps)")
+    value_and_grad = losses.value_and_grad_in_slices(loss_fn, slices)
+
     def init(key):
         k_param, k_state = jax.random.split(key)
         params = model.init(k_param, *example_inputs(model, example_shape))["params"]
@@ -127,8 +135,7 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     def step(st, batch):
         if not classes:
             batch = {k: v for k, v in batch.items() if k != "label"}
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(st.params, batch,
-                                                                     st.step_key())
+        (loss, _), grads = value_and_grad(st.params, batch, st.step_key())
         updates, opt_state = tx.update(grads, st.opt_state, st.params)
         params = optax.apply_updates(st.params, updates)
         new_step = st.step + 1

@@ -71,6 +71,19 @@ def test_gradient_accumulation_updates_once_per_accumulated_step():
     np.testing.assert_array_equal(ema, p_end)    # power EMA at its first update = the params
 
 
+def test_grad_slices_runs_the_step_in_slices_and_checks_the_batch():
+    """config.optim.grad_slices: the real step with the gradient in 2 slices gives a finite loss and
+    moves the output conv; a slice count that does not divide the micro-batch is a clear error."""
+    _, ts, it = _setup(**{"optim.warmup_steps": 0, "optim.grad_slices": 2})
+    state = ts.init_state(jax.random.key(0))
+    p0 = np.array(jax.device_get(state.params)["conv_out"]["kernel"])
+    state, m = ts.jit_step()(state, sharding.to_global(next(it), ts.batch_sharding))
+    assert np.isfinite(jax.device_get(m)["loss"])
+    assert not np.array_equal(jax.device_get(state.params)["conv_out"]["kernel"], p0)
+    with pytest.raises(ValueError, match="grad_slices 3"):
+        _setup(**{"optim.grad_slices": 3})
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_sharded_equals_single_device_on_8_simulated_devices():
