@@ -30,7 +30,7 @@ def parse_args(argv, workloads=spec.WORKLOADS, doc=__doc__):
     p.add_argument("--sample-steps", type=int, default=0,
                    help="time K steps of each sampler on both sides, images/s extrapolated to the full "
                         "run (every step is one network call); 0 = full runs")
-    p.add_argument("--no-warm", action="store_true", help="skip the untimed second call per side")
+    p.add_argument("--no-warm", action="store_true", help="skip the untimed warm-up calls per side")
     p.add_argument("--train-reps", type=int, default=0, help="repetitions for training (default --reps)")
     p.add_argument("--bf16-reps", type=int, default=0, help="repetitions for bfloat16 (default --reps)")
     p.add_argument("--bf16-sample-steps", type=int, default=0,
