@@ -131,7 +131,7 @@ def _reference_attention(q, k, v, mask=None):
 
 
 @pytest.mark.parametrize("masked", [True, False])
-@pytest.mark.parametrize("chunk_bytes", [None, 1])   # 1 byte: one example per lax.map chunk
+@pytest.mark.parametrize("chunk_bytes", [None, 1, 1120])   # 1: one example per chunk; 1120: 2 of 3
 def test_attention_matches_softmax_formula(monkeypatch, masked, chunk_bytes):
     """Values and gradients (q, k, v) of the CPU form (chunked, own VJP) against softmax(q k^T) v."""
     if chunk_bytes:
@@ -155,9 +155,12 @@ def test_attention_tpu_gpu_form_matches_softmax_formula():
     _close(out, _reference_attention(q, k, v, mask), 2e-5)
 
 
-def test_attention_cpu_chunks_keep_logits_under_the_budget():
+def test_attention_cpu_chunks_keep_logits_under_the_budget(monkeypatch):
     q, kt = jnp.zeros((32, 16, 256, 8)), jnp.zeros((32, 16, 8, 256))   # 4 MiB of logits per example
     assert layers._chunk(q, kt) == 2
+    monkeypatch.setattr(layers, "_CHUNK_BYTES", 1120)                   # the 2-of-3 case above
+    assert layers._chunk(jnp.zeros((3, 4, 7, 8)), jnp.zeros((3, 4, 8, 5))) == 2
+    monkeypatch.undo()
     assert layers._chunk(q[:, :, :64], kt[..., :64]) == 32              # all of a small batch at once
     assert layers._chunk(jnp.zeros((1, 16, 4096, 8)), jnp.zeros((1, 16, 8, 4096))) == 1
 
