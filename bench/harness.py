@@ -191,11 +191,13 @@ def ab(workload: str, dtype: str, reps: int = 5, iters: int = 1, peer: bool = Tr
             workers[name] = Worker(name, argv)
             log(f"  [{workload}/{dtype}] {name} ready: first call {workers[name].ready['first_call_s']:.1f} s")
         ips = {name: [] for name in workers}
+        usage = {name: [] for name in workers}
         loads = []
         for r in range(reps):
             for name, w in workers.items():
                 rec = w.run(iters)
                 ips[name].append(rec["images"] / rec["seconds"])
+                usage[name].append({k: rec.get(k) for k in ("minor_faults", "sys_s", "user_s")})
             loads.append(load())
             log(f"  [{workload}/{dtype}] rep {r + 1}/{reps}: " +
                 "  ".join(f"{n} {v[-1]:.2f} img/s" for n, v in ips.items()) + f"  (load {loads[-1]:.2f})")
@@ -209,6 +211,7 @@ def ab(workload: str, dtype: str, reps: int = 5, iters: int = 1, peer: bool = Tr
     for name, w in workers.items():
         rdy = w.ready
         out[name] = {"images_per_s": statistics.median(ips[name]), "images_per_s_all": ips[name],
+                     "usage_per_run": usage[name],
                      "first_call_s": rdy["first_call_s"], "compile_s": rdy.get("compile_s", 0.0),
                      "peak_rss_mb": mem[name]["peak_rss_mb"],
                      "run_peak_rss_mb": mem[name]["run_peak_rss_mb"],

@@ -10,6 +10,7 @@ only, while ``peak_rss_mb`` covers the whole process (compilation included).
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 
@@ -91,10 +92,13 @@ def serve(first_call, run, images_per_call: float, info: dict, warm: bool = True
             continue
         if cmd[0] == "run":
             n = int(cmd[1]) if len(cmd) > 1 else 1
-            t0 = time.perf_counter()
+            r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
             run(n)
             dt = time.perf_counter() - t0
-            emit({"event": "result", "seconds": dt, "images": n * images_per_call})
+            r1 = resource.getrusage(resource.RUSAGE_SELF)
+            emit({"event": "result", "seconds": dt, "images": n * images_per_call,
+                  "minor_faults": r1.ru_minflt - r0.ru_minflt, "sys_s": r1.ru_stime - r0.ru_stime,
+                  "user_s": r1.ru_utime - r0.ru_utime})
         elif cmd[0] == "quit":
             emit({"event": "memory", "rss_mb": rss_mb(), "run_peak_rss_mb": peak_rss_mb(),
                   "peak_rss_mb": max(info["setup_peak_rss_mb"], peak_rss_mb())})
