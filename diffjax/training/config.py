@@ -60,7 +60,7 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
 
     c.sample = ml_collections.ConfigDict(dict(
         every=0, num=100, batch_size=100, sampler="heun", steps=18, spacing="karras",
-        guidance=1.0, params="power_0.1"))
+        guidance=1.0, params="power_0.1", max_batch=0))   # max_batch > 0: network calls on slices
 
     c.eval = ml_collections.ConfigDict(dict(
         every=0, at_end=True, num_samples=500, sampler="heun", steps=18, guidance=1.0,

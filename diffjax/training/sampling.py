@@ -68,6 +68,7 @@ def load(workdir: str, step: int | None = None, config=None) -> Run:
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.local_devices()[:1])
     cfg = ml_collections.ConfigDict(config.to_dict())
     cfg.batch_size = int(config.optim.accum_steps)  # any size works for restoring
+    cfg.optim.grad_slices = 1                         # (the train step is only built, never run)
     ts = step_lib.make_train_step(cfg, model, mesh, example_shape=tuple(info["example_shape"]))
     with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
         step = ckpt.latest_step() if step is None else step

@@ -77,13 +77,18 @@ def model_shape(example_shape) -> tuple:
 
 
 def make_denoiser(config, model, process, example_shape=None):
-    """``den(params, x, sigma, cond, train, rngs)``: ``model.apply`` in the config's parameterization."""
+    """``den(params, x, sigma, cond, train, rngs)``: ``model.apply`` in the config's parameterization;
+    inference calls on slices of at most ``config.sample.max_batch`` rows when it is > 0."""
     if example_shape is not None and len(example_shape) == 1:
         apply_fn = lambda p, x, *a, **k: model.apply({"params": p}, x[..., None], *a, **k)[..., 0]
     else:
         apply_fn = lambda p, *a, **k: model.apply({"params": p}, *a, **k)
+    max_batch = int(config.sample.get("max_batch", 0))   # runs saved before the key existed
+    if max_batch < 0:
+        raise ValueError(f"config.sample.max_batch must be >= 0 (0: whole batch); got {max_batch}")
     return denoisers.from_network(apply_fn, process, config.diffusion.parameterization,
-                                  sigma_data=config.diffusion.sigma_data)
+                                  sigma_data=config.diffusion.sigma_data,
+                                  max_batch=max_batch or None)
 
 
 def example_inputs(model, example_shape, batch: int = 1):
@@ -120,7 +125,7 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
                          f"divisible by the {sharding.batch_divisor(mesh)} batch shards of mesh "
                          f"{dict(mesh.shape)}")
 
-    slices = int(config.optim.grad_slices)
+    slices = int(config.optim.get("grad_slices", 1))   # runs saved before the key existed
     if slices < 1 or micro % slices:
         raise ValueError(f"config.optim.grad_slices {slices} must be >= 1 and divide the micro-batch "
                          f"{micro} (config.batch_size / accum_steps)")

@@ -84,6 +84,20 @@ def test_grad_slices_runs_the_step_in_slices_and_checks_the_batch():
         _setup(**{"optim.grad_slices": 3})
 
 
+def test_sample_max_batch_slices_inference_calls_only():
+    """config.sample.max_batch > 0 makes the run's denoiser call the network on slices (same values);
+    a negative value is a clear error."""
+    config, ts, _ = _setup()
+    _, ts4, _ = _setup(**{"sample.max_batch": 3})
+    state = ts.init_state(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (7, 8, 8, 1))
+    sigma, cond = jax.numpy.linspace(0.5, 2.0, 7), {"label": jax.numpy.arange(7) % 3}
+    np.testing.assert_allclose(ts4.den(state.params, x, sigma, cond),
+                               ts.den(state.params, x, sigma, cond), rtol=2e-5, atol=2e-6)
+    with pytest.raises(ValueError, match="max_batch"):
+        _setup(**{"sample.max_batch": -1})
+
+
 @pytest.mark.slow
 @pytest.mark.ci
 def test_sharded_equals_single_device_on_8_simulated_devices():
