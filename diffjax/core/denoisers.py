@@ -84,6 +84,11 @@ def _net(apply_fn, params, x_in, label, cond, train, rngs, max_batch=None):
     b = x_in.shape[0]
     if train or not max_batch or b <= max_batch:
         return call(args)
+    for k, v in args.items():
+        if jnp.ndim(v) == 0 or jnp.shape(v)[0] != b:
+            raise ValueError(f"max_batch={max_batch} slices every input along the batch axis, but "
+                             f"{'cond[' + repr(k) + ']' if k in ('label', 'context') else k} has "
+                             f"shape {jnp.shape(v)} for a batch of {b}; give it one row per example")
     return _in_chunks(call, args, b, max_batch)
 
 

@@ -40,3 +40,10 @@ def test_max_batch_slices_give_the_same_denoiser(parameterization):
 def test_max_batch_must_be_positive():
     with pytest.raises(ValueError, match="max_batch"):
         denoisers.from_network(_toy_net([]), processes.get("vp_discrete"), "eps", max_batch=0)
+
+
+def test_max_batch_names_a_cond_entry_without_one_row_per_example():
+    den = denoisers.from_network(_toy_net([]), processes.get("vp_discrete"), "eps", max_batch=2)
+    x = jnp.zeros((5, 4, 3))
+    with pytest.raises(ValueError, match=r"cond\['label'\] has shape \(1,\) for a batch of 5"):
+        den({"w": jnp.float32(1.0)}, x, jnp.ones(5), {"label": jnp.zeros((1,), jnp.int32)})
