@@ -51,6 +51,16 @@ def make_denoiser(model, max_batch=None):
     return denoisers.from_network(apply_fn, process, "eps", max_batch=max_batch), process
 
 
+def train_slices() -> int:
+    """spec.TRAIN_SLICES, or BENCH_TRAIN_SLICES from the environment (which the harness passes on to
+    its workers, so ``BENCH_TRAIN_SLICES=8 python -m bench.run ...`` compares another count)."""
+    raw = os.environ.get("BENCH_TRAIN_SLICES", str(spec.TRAIN_SLICES))
+    if not raw.isdigit() or int(raw) < 1 or spec.TRAIN_BATCH % int(raw):
+        raise ValueError(f"BENCH_TRAIN_SLICES={raw!r}: give a positive divisor of the train batch "
+                         f"{spec.TRAIN_BATCH}")
+    return int(raw)
+
+
 def make_train_step(model, slices: int = spec.TRAIN_SLICES):
     """``step(params, opt_state, batch, key, i) -> (params, opt_state, loss)``, jitted, donating;
     the batch's gradient computed in ``slices`` slices (``losses.value_and_grad_in_slices``)."""
@@ -122,7 +132,7 @@ def build(workload: str, dtype: str, sample_steps: int = 0, max_batch: int | Non
     info = dict(forward_flops_per_image=fwd)
     st = {"i": 0}
     if workload == "train":
-        step, tx = make_train_step(model, int(os.environ.get("BENCH_TRAIN_SLICES", spec.TRAIN_SLICES)))
+        step, tx = make_train_step(model, train_slices())
         rng = np.random.default_rng(0)
         b = spec.TRAIN_BATCH
         batch = {"x": jnp.asarray(np.clip(rng.standard_normal((b, h, w, c)), -1, 1), jnp.float32),

@@ -69,3 +69,15 @@ def test_bench_gives_both_workers_the_same_malloc_setting(monkeypatch):
     assert env["GLIBC_TUNABLES"] == runtime.HUGETLB and env["OMP_NUM_THREADS"] == "2"
     with pytest.raises(ValueError, match="malloc 'jemalloc'"):
         harness.malloc_env(base, "jemalloc")
+
+
+def test_bench_train_slices_reads_a_valid_count(monkeypatch):
+    from bench import diffjax_side, spec
+    monkeypatch.delenv("BENCH_TRAIN_SLICES", raising=False)
+    assert diffjax_side.train_slices() == spec.TRAIN_SLICES
+    monkeypatch.setenv("BENCH_TRAIN_SLICES", "8")
+    assert diffjax_side.train_slices() == 8
+    for bad in ("0", "5", "x"):
+        monkeypatch.setenv("BENCH_TRAIN_SLICES", bad)
+        with pytest.raises(ValueError, match="BENCH_TRAIN_SLICES"):
+            diffjax_side.train_slices()
