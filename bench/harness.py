@@ -39,20 +39,30 @@ def load() -> float:
     return os.getloadavg()[0]
 
 
-MALLOCS = ("hugetlb", "default")
-MALLOC = "hugetlb"   # set by bench.run --malloc; the same for both workers
+MALLOCS = runtime.ALLOCATORS   # auto, jemalloc, hugetlb, default
+MALLOC = "auto"   # set by bench.run --malloc; the same for both workers
+_MALLOC_KEYS = ("GLIBC_TUNABLES", "DIFFJAX_MALLOC_TUNING", "DIFFJAX_MALLOC", "MALLOC_CONF")
 
 
 def malloc_env(env: dict, malloc: str) -> dict:
-    """``env`` with glibc's malloc tunables for ``malloc``: 'hugetlb' adds glibc.malloc.hugetlb=1
-    (what the ``diffjax`` command runs with, diffjax.runtime; both sides gain from it), 'default'
-    removes GLIBC_TUNABLES (glibc's defaults)."""
+    """``env`` with the allocator setting ``malloc`` (diffjax.runtime; what the ``diffjax`` command
+    runs with is 'auto'), for both workers alike: 'jemalloc' preloads jemalloc with its huge-page,
+    keep-freed-pages configuration, 'hugetlb' adds glibc.malloc.hugetlb=1, 'default' is glibc's
+    malloc untouched, 'auto' the first of jemalloc/hugetlb that applies here."""
     if malloc not in MALLOCS:
         raise ValueError(f"malloc {malloc!r} is not one of {MALLOCS}")
-    env = {k: v for k, v in env.items() if k not in ("GLIBC_TUNABLES", "DIFFJAX_MALLOC_TUNING")}
-    if malloc == "hugetlb":
-        env = runtime.cpu_malloc_env(env) or env
-    return env
+    env = {k: v for k, v in env.items() if k not in _MALLOC_KEYS}
+    kept = " ".join(p for p in env.pop("LD_PRELOAD", "").split() if "jemalloc" not in p)
+    if kept:
+        env["LD_PRELOAD"] = kept
+    return runtime.cpu_malloc_env({**env, "DIFFJAX_MALLOC": malloc}) or env
+
+
+def malloc_used(env: dict) -> str:
+    """Which allocator setting ``env`` carries: 'jemalloc', 'hugetlb' or 'default'."""
+    if "jemalloc" in env.get("LD_PRELOAD", ""):
+        return "jemalloc"
+    return "hugetlb" if runtime.HUGETLB in env.get("GLIBC_TUNABLES", "") else "default"
 
 
 def compact_memory() -> bool:
@@ -79,8 +89,10 @@ def worker_env(threads: int = THREADS) -> dict:
 
 def machine() -> dict:
     info = {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "load_1min": round(load(), 2), "malloc": MALLOC, "thp": runtime.thp_mode(),
-            "glibc_tunables": worker_env().get("GLIBC_TUNABLES", "")}
+            "load_1min": round(load(), 2), "malloc": malloc_used(worker_env()),
+            "thp": runtime.thp_mode(), "glibc_tunables": worker_env().get("GLIBC_TUNABLES", ""),
+            "ld_preload": worker_env().get("LD_PRELOAD", ""),
+            "malloc_conf": worker_env().get("MALLOC_CONF", "")}
     try:
         with open("/proc/cpuinfo") as f:
             text = f.read()
@@ -266,7 +278,8 @@ def summary(results: list, peak: dict) -> dict:
     """The one-line record BENCHMARKS.md keeps: train_ratio, sample_ratio (min over samplers), ..."""
     by = {(r["workload"], r["dtype"]): r for r in results}
     out = {"peak_float32_gflops": round(peak.get("xla_float32_gflops", float("nan")), 1),
-           "load_1min": round(load(), 2), "malloc": MALLOC}
+           "load_1min": round(load(), 2),
+           "malloc": malloc_used(worker_env())}
     for dtype, suffix in (("float32", ""), ("bfloat16", "_bf16")):
         ratios = {w: by[(w, dtype)]["ratio"] for w in TARGETS if (w, dtype) in by and "ratio" in by[(w, dtype)]}
         if "train" in ratios:

@@ -35,9 +35,11 @@ def parse_args(argv, workloads=spec.WORKLOADS, doc=__doc__):
     p.add_argument("--bf16-reps", type=int, default=0, help="repetitions for bfloat16 (default --reps)")
     p.add_argument("--bf16-sample-steps", type=int, default=0,
                    help="--sample-steps for bfloat16 (default: --sample-steps)")
-    p.add_argument("--malloc", choices=harness.MALLOCS, default="hugetlb",
-                   help="glibc malloc tunables for both workers: 'hugetlb' (glibc.malloc.hugetlb=1, "
-                        "what the diffjax command uses) or 'default'")
+    p.add_argument("--malloc", choices=harness.MALLOCS, default="auto",
+                   help="allocator for both workers (diffjax.runtime): 'jemalloc' (preloaded, huge "
+                        "pages, freed pages kept), 'hugetlb' (glibc.malloc.hugetlb=1), 'default' "
+                        "(glibc untouched), 'auto' (what the diffjax command uses: the first of "
+                        "jemalloc/hugetlb that applies)")
     p.add_argument("--out", default="", help="also write all records as JSON here")
     return p.parse_args(argv)
 

@@ -1,17 +1,31 @@
-"""Process settings for XLA:CPU that have to be in place when the process starts.
+"""Process settings for XLA:CPU that have to be in place when the process starts: the allocator.
 
-XLA:CPU allocates each executable's temporary buffer (the bench U-Net's train step: ~1.8 GB at batch
-32) afresh on every call and frees it after; glibc serves that from a fresh mmap, so every step
-page-faults the whole buffer in 4 KiB pages again (BENCHMARKS.md: ~470k faults and ~1 s of kernel
-time per step). Where transparent huge pages are in ``madvise`` mode (the default of most
-distributions), glibc's tunable ``glibc.malloc.hugetlb=1`` makes malloc ask for huge pages on its
-mmaps: 512x fewer faults and fewer TLB misses. The train step of the bench U-Net ran 1.5x faster with
-it, and PyTorch 1.1x (same machine, same run). A tunable is read once, when the process starts, so
-the ``diffjax`` command re-executes itself with it (``maybe_reexec``); ``DIFFJAX_MALLOC_TUNING=0``
-turns this off. No module imported by a library user's own program does anything of the kind.
+XLA:CPU allocates each executable's temporary buffer (the bench U-Net's train step: 0.5 GB at batch
+32 in 4 gradient slices, 1.8 GB unsliced) afresh on every call and frees it after. Under glibc's
+malloc a buffer that large is a fresh mmap each time, so every step page-faults it in again, in
+4 KiB pages (BENCHMARKS.md: ~140k faults and 0.26 s of kernel time per step, plus the TLB misses
+of small pages). Two settings fix this, best first:
+
+- ``jemalloc``: preload jemalloc (``apt-get install libjemalloc2``, or ``DIFFJAX_JEMALLOC=path``)
+  with ``MALLOC_CONF=`` ``JEMALLOC_CONF``: huge pages for its mappings (``thp:always``, which is
+  madvise, so it works in THP's default 'madvise' mode), no separate eagerly-purged arena for big
+  blocks (``oversize_threshold:0``) and freed pages kept for reuse (``dirty_decay_ms:-1``). The
+  temporary buffer then stays mapped, in huge pages, from one step to the next: no faults at all,
+  and nothing for the kernel to compact when another process has used the memory in between. The
+  process keeps its peak footprint (what a training or sampling run needs again every step).
+- ``hugetlb``: glibc's tunable ``glibc.malloc.hugetlb=1`` (where THP is in 'madvise' mode):
+  malloc's mmaps ask for huge pages, 512x fewer faults, but each step still maps the buffer anew.
+
+Bench U-Net train step on the Zen 5 machine of BENCHMARKS.md, alone: 1.43 s with glibc's default,
+1.27 s with ``hugetlb``, 1.13 s with ``jemalloc``. Both are read once, when the process starts, so
+the ``diffjax`` command re-executes itself with the first that applies (``maybe_reexec``).
+``DIFFJAX_MALLOC=jemalloc|hugetlb|default`` picks one (``auto``, the default, takes the first that
+applies); ``DIFFJAX_MALLOC_TUNING=0`` is the same as ``default``. No module imported by a library
+user's own program does anything of the kind.
 """
 from __future__ import annotations
 
+import ctypes.util
 import os
 import platform
 import sys
@@ -19,6 +33,10 @@ from typing import Mapping, Optional, Sequence
 
 HUGETLB = "glibc.malloc.hugetlb=1"
 THP_MODE_FILE = "/sys/kernel/mm/transparent_hugepage/enabled"
+JEMALLOC_CONF = "thp:always,oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1"
+JEMALLOC_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
+                 "/usr/local/lib", "/usr/lib")
+ALLOCATORS = ("auto", "jemalloc", "hugetlb", "default")
 
 
 def thp_mode(path: str = THP_MODE_FILE) -> Optional[str]:
@@ -32,22 +50,80 @@ def thp_mode(path: str = THP_MODE_FILE) -> Optional[str]:
     return text[start + 1:end] if 0 <= start < end else None
 
 
-def cpu_malloc_env(environ: Mapping[str, str], thp: Optional[str] = None) -> Optional[dict]:
-    """``environ`` with ``glibc.malloc.hugetlb=1`` added to GLIBC_TUNABLES, or None when it would
-    change nothing: opted out (DIFFJAX_MALLOC_TUNING=0), a hugetlb tunable already set, not Linux
-    with glibc, or THP not in 'madvise' mode ('always' uses huge pages already, 'never' has none)."""
+def find_jemalloc(environ: Mapping[str, str], dirs: Sequence[str] = JEMALLOC_DIRS) -> Optional[str]:
+    """Path of the jemalloc shared library: ``DIFFJAX_JEMALLOC`` if set (a missing file is an
+    error), else ``libjemalloc.so.2`` in the usual library directories or the linker's cache."""
+    given = environ.get("DIFFJAX_JEMALLOC", "")
+    if given:
+        if not os.path.isfile(given):
+            raise FileNotFoundError(
+                f"DIFFJAX_JEMALLOC={given!r} is not a file; point it at libjemalloc.so.2 "
+                "(apt-get install libjemalloc2) or unset it")
+        return given
+    for d in dirs:
+        path = os.path.join(d, "libjemalloc.so.2")
+        if os.path.isfile(path):
+            return path
+    name = ctypes.util.find_library("jemalloc")
+    return name or None
+
+
+def _linux_glibc() -> bool:
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def allocator_choice(environ: Mapping[str, str]) -> str:
+    """The allocator asked for: ``DIFFJAX_MALLOC`` (one of ``ALLOCATORS``), 'default' when
+    ``DIFFJAX_MALLOC_TUNING=0``."""
     if environ.get("DIFFJAX_MALLOC_TUNING", "1") == "0":
+        return "default"
+    choice = environ.get("DIFFJAX_MALLOC", "auto")
+    if choice not in ALLOCATORS:
+        raise ValueError(f"DIFFJAX_MALLOC={choice!r} is not one of {ALLOCATORS}")
+    return choice
+
+
+def jemalloc_env(environ: Mapping[str, str], path: str) -> dict:
+    """``environ`` with ``path`` first in LD_PRELOAD and ``JEMALLOC_CONF`` in front of MALLOC_CONF
+    (options the caller already set there come later and win)."""
+    env = dict(environ)
+    env["LD_PRELOAD"] = " ".join(p for p in (path, environ.get("LD_PRELOAD", "")) if p)
+    env["MALLOC_CONF"] = ",".join(c for c in (JEMALLOC_CONF, environ.get("MALLOC_CONF", "")) if c)
+    return env
+
+
+def hugetlb_env(environ: Mapping[str, str]) -> dict:
+    """``environ`` with ``glibc.malloc.hugetlb=1`` added to GLIBC_TUNABLES."""
+    env = dict(environ)
+    env["GLIBC_TUNABLES"] = ":".join(t for t in (environ.get("GLIBC_TUNABLES", ""), HUGETLB) if t)
+    return env
+
+
+def cpu_malloc_env(environ: Mapping[str, str], thp: Optional[str] = None,
+                   jemalloc: Optional[str] = "find") -> Optional[dict]:
+    """``environ`` with the allocator setting of ``allocator_choice`` applied, or None when it
+    would change nothing: 'default', not Linux with glibc, jemalloc already preloaded or a
+    hugetlb tunable already set (so a re-executed process stops here), or nothing that applies.
+    'auto' takes jemalloc where it is installed, else ``hugetlb`` where THP is in 'madvise' mode
+    ('always' uses huge pages already, 'never' has none). ``jemalloc``: its path, None for not
+    installed, 'find' to look (``find_jemalloc``). Asking for 'jemalloc' where it is not installed
+    is an error that says how to install it."""
+    choice = allocator_choice(environ)
+    if choice == "default" or not _linux_glibc():
         return None
-    tunables = environ.get("GLIBC_TUNABLES", "")
-    if "glibc.malloc.hugetlb" in tunables:
+    if "jemalloc" in environ.get("LD_PRELOAD", "") or "glibc.malloc.hugetlb" in environ.get(
+            "GLIBC_TUNABLES", ""):
         return None
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return None
+    if choice in ("auto", "jemalloc"):
+        path = find_jemalloc(environ) if jemalloc == "find" else jemalloc
+        if path:
+            return jemalloc_env(environ, path)
+        if choice == "jemalloc":
+            raise FileNotFoundError("DIFFJAX_MALLOC=jemalloc but no libjemalloc.so.2 was found: "
+                                    "apt-get install libjemalloc2, or set DIFFJAX_JEMALLOC=path")
     if (thp if thp is not None else thp_mode()) != "madvise":
         return None
-    env = dict(environ)
-    env["GLIBC_TUNABLES"] = ":".join(t for t in (tunables, HUGETLB) if t)
-    return env
+    return hugetlb_env(environ)
 
 
 def maybe_reexec(module: str, argv: Sequence[str]) -> None:

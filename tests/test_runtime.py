@@ -1,4 +1,5 @@
-"""diffjax.runtime: the huge-page malloc tunable the CLI re-executes itself with."""
+"""diffjax.runtime: the allocator setting (jemalloc, or glibc's huge-page tunable) the CLI re-executes
+itself with."""
 import os
 import subprocess
 import sys
@@ -15,14 +16,45 @@ linux_glibc = pytest.mark.skipif(
 
 @linux_glibc
 def test_env_adds_the_tunable_only_where_it_helps():
-    env = runtime.cpu_malloc_env({"PATH": "/bin"}, thp="madvise")
+    env = runtime.cpu_malloc_env({"PATH": "/bin"}, thp="madvise", jemalloc=None)
     assert env == {"PATH": "/bin", "GLIBC_TUNABLES": runtime.HUGETLB}
-    kept = runtime.cpu_malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, thp="madvise")
+    kept = runtime.cpu_malloc_env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, thp="madvise",
+                                  jemalloc=None)
     assert kept["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:" + runtime.HUGETLB
-    assert runtime.cpu_malloc_env({}, thp="always") is None
-    assert runtime.cpu_malloc_env({}, thp="never") is None
-    assert runtime.cpu_malloc_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, thp="madvise") is None
+    assert runtime.cpu_malloc_env({}, thp="always", jemalloc=None) is None
+    assert runtime.cpu_malloc_env({}, thp="never", jemalloc=None) is None
+    assert runtime.cpu_malloc_env({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, thp="madvise",
+                                  jemalloc=None) is None
     assert runtime.cpu_malloc_env({"DIFFJAX_MALLOC_TUNING": "0"}, thp="madvise") is None
+    assert runtime.cpu_malloc_env({"DIFFJAX_MALLOC": "default"}, thp="madvise") is None
+
+
+@linux_glibc
+def test_jemalloc_comes_first_where_installed_and_keeps_the_users_settings():
+    lib = "/opt/lib/libjemalloc.so.2"
+    env = runtime.cpu_malloc_env({"LD_PRELOAD": "/x/libfoo.so", "MALLOC_CONF": "narenas:2"},
+                                 thp="never", jemalloc=lib)
+    assert env["LD_PRELOAD"] == lib + " /x/libfoo.so"
+    assert env["MALLOC_CONF"] == runtime.JEMALLOC_CONF + ",narenas:2"   # the user's options win
+    assert "GLIBC_TUNABLES" not in env
+    # a process that already runs under it is left alone (no re-exec loop)
+    assert runtime.cpu_malloc_env(env, thp="madvise", jemalloc=lib) is None
+    # hugetlb asked for: jemalloc is not used even where installed
+    env = runtime.cpu_malloc_env({"DIFFJAX_MALLOC": "hugetlb"}, thp="madvise", jemalloc=lib)
+    assert env["GLIBC_TUNABLES"] == runtime.HUGETLB and "LD_PRELOAD" not in env
+    with pytest.raises(FileNotFoundError, match="apt-get install libjemalloc2"):
+        runtime.cpu_malloc_env({"DIFFJAX_MALLOC": "jemalloc"}, thp="madvise", jemalloc=None)
+    with pytest.raises(ValueError, match="DIFFJAX_MALLOC='tcmalloc'"):
+        runtime.cpu_malloc_env({"DIFFJAX_MALLOC": "tcmalloc"}, thp="madvise")
+
+
+def test_find_jemalloc_honours_the_override_and_the_library_dirs(tmp_path):
+    lib = tmp_path / "libjemalloc.so.2"
+    with pytest.raises(FileNotFoundError, match="DIFFJAX_JEMALLOC"):
+        runtime.find_jemalloc({"DIFFJAX_JEMALLOC": str(lib)})
+    lib.write_bytes(b"")
+    assert runtime.find_jemalloc({"DIFFJAX_JEMALLOC": str(lib)}) == str(lib)
+    assert runtime.find_jemalloc({}, dirs=(str(tmp_path / "none"), str(tmp_path))) == str(lib)
 
 
 def test_thp_mode_reads_the_bracketed_choice(tmp_path):
@@ -42,6 +74,7 @@ def test_maybe_reexec_runs_the_module_again_with_the_tunable(tmp_path):
         f"sys.path.insert(0, {ROOT!r})\n"
         "from diffjax import runtime\n"
         "runtime.thp_mode = lambda *a: 'madvise'\n"
+        "runtime.find_jemalloc = lambda *a: None\n"
         "print('TUNABLES=' + os.environ.get('GLIBC_TUNABLES', ''), flush=True)\n"
         "runtime.maybe_reexec('probe_target', sys.argv)\n")
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "DIFFJAX_MALLOC_TUNING")}
@@ -61,14 +94,25 @@ def test_maybe_reexec_runs_the_module_again_with_the_tunable(tmp_path):
 def test_bench_gives_both_workers_the_same_malloc_setting(monkeypatch):
     from bench import harness
     monkeypatch.setattr(runtime, "thp_mode", lambda *a: "madvise")
-    base = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
-    assert harness.malloc_env(base, "hugetlb")["GLIBC_TUNABLES"] == runtime.HUGETLB
-    assert "GLIBC_TUNABLES" not in harness.malloc_env(base, "default")
+    monkeypatch.setattr(runtime, "find_jemalloc", lambda *a: None)
+    base = {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.arena_max=1", "MALLOC_CONF": "x:1",
+            "LD_PRELOAD": "/old/libjemalloc.so.2 /x/libfoo.so"}
+    hug = harness.malloc_env(base, "hugetlb")
+    assert hug["GLIBC_TUNABLES"] == runtime.HUGETLB and hug["LD_PRELOAD"] == "/x/libfoo.so"
+    assert harness.malloc_used(hug) == "hugetlb"
+    assert harness.malloc_used(harness.malloc_env(base, "auto")) == "hugetlb"
+    plain = harness.malloc_env(base, "default")
+    assert "GLIBC_TUNABLES" not in plain and "MALLOC_CONF" not in plain
+    assert harness.malloc_used(plain) == "default"
     monkeypatch.setattr(harness, "MALLOC", "hugetlb")
     env = harness.worker_env()
     assert env["GLIBC_TUNABLES"] == runtime.HUGETLB and env["OMP_NUM_THREADS"] == "2"
-    with pytest.raises(ValueError, match="malloc 'jemalloc'"):
-        harness.malloc_env(base, "jemalloc")
+    with pytest.raises(ValueError, match="malloc 'tcmalloc'"):
+        harness.malloc_env(base, "tcmalloc")
+    monkeypatch.setattr(runtime, "find_jemalloc", lambda *a: "/lib/libjemalloc.so.2")
+    je = harness.malloc_env(base, "auto")
+    assert je["LD_PRELOAD"] == "/lib/libjemalloc.so.2 /x/libfoo.so"
+    assert je["MALLOC_CONF"] == runtime.JEMALLOC_CONF and harness.malloc_used(je) == "jemalloc"
 
 
 def test_bench_train_slices_reads_a_valid_count(monkeypatch):
