@@ -201,10 +201,14 @@ def _main(argv):
 
 def main(argv=None):
     """Console-script entry point (``diffjax = diffjax.cli:main``). Run from the command line (argv
-    None), it first re-executes itself with glibc's huge-page tunable where that helps XLA:CPU
-    (``diffjax.runtime``; DIFFJAX_MALLOC_TUNING=0 turns it off)."""
+    None), it first re-executes itself under jemalloc, or else glibc's huge-page tunable, where that
+    helps XLA:CPU (``diffjax.runtime``; DIFFJAX_MALLOC=jemalloc|hugetlb|default picks one,
+    DIFFJAX_MALLOC_TUNING=0 turns it off)."""
     if argv is None:
-        runtime.maybe_reexec("diffjax.cli", sys.argv)
+        try:
+            runtime.maybe_reexec("diffjax.cli", sys.argv)
+        except (ValueError, FileNotFoundError) as e:
+            sys.exit(f"diffjax: error: {e}")
     app.run(_main, argv=argv)
 
 

@@ -48,6 +48,26 @@ def test_jemalloc_comes_first_where_installed_and_keeps_the_users_settings():
         runtime.cpu_malloc_env({"DIFFJAX_MALLOC": "tcmalloc"}, thp="madvise")
 
 
+@linux_glibc
+def test_a_process_started_with_the_jemalloc_env_runs_under_jemalloc():
+    """The real library, where installed: the child maps it, accepts JEMALLOC_CONF (jemalloc
+    reports an option it does not know on stderr) and computes as usual."""
+    lib = runtime.find_jemalloc({})
+    if not lib:
+        pytest.skip("libjemalloc.so.2 is not installed (apt-get install libjemalloc2)")
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "MALLOC_CONF")}
+    code = ("import numpy as np\n"
+            "a = np.ones(50_000_000, np.float32); del a\n"
+            "b = np.ones(50_000_000, np.float32)\n"
+            "print(int(b.sum(dtype=np.float64)))\n"
+            "print(any('jemalloc' in row for row in open('/proc/self/maps')))\n")
+    out = subprocess.run([sys.executable, "-c", code], env=runtime.jemalloc_env(base, lib),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["50000000", "True"]
+    assert "<jemalloc>" not in out.stderr, out.stderr
+
+
 def test_find_jemalloc_honours_the_override_and_the_library_dirs(tmp_path):
     lib = tmp_path / "libjemalloc.so.2"
     with pytest.raises(FileNotFoundError, match="DIFFJAX_JEMALLOC"):
