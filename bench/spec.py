@@ -21,7 +21,7 @@ IMAGE = (32, 32, 3)                      # H, W, C (diffjax is channel-last; the
 TRAIN_BATCH = 32
 SAMPLE_BATCH = 64
 MAX_BATCH = 16                           # diffjax samples in network calls of <= 16 images (see BENCHMARKS.md)
-TRAIN_SLICES = 4                         # diffjax's train-step gradient in this many batch slices
+TRAIN_SLICES = 2                         # diffjax's train-step gradient in this many batch slices
 GUIDANCE_SCALE = 3.0                     # any value: it is a traced argument on the diffjax side
 NUM_TRAIN_TIMESTEPS = 1000
 LR = 1e-4

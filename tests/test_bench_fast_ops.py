@@ -131,11 +131,13 @@ def _reference_attention(q, k, v, mask=None):
 
 
 @pytest.mark.parametrize("masked", [True, False])
-@pytest.mark.parametrize("chunk_bytes", [None, 1, 1120])   # 1: one example per chunk; 1120: 2 of 3
+@pytest.mark.parametrize("chunk_bytes", [None, (1, 1), (1120, 1), (1, 1120)])
 def test_attention_matches_softmax_formula(monkeypatch, masked, chunk_bytes):
-    """Values and gradients (q, k, v) of the CPU form (chunked, own VJP) against softmax(q k^T) v."""
+    """Values and gradients (q, k, v) of the CPU form (chunked, own VJP) against softmax(q k^T) v;
+    chunk budgets (inference, gradient): 1 = one example per chunk, 1120 = 2 of the 3."""
     if chunk_bytes:
-        monkeypatch.setattr(layers, "_CHUNK_BYTES", chunk_bytes)
+        monkeypatch.setattr(layers, "_CHUNK_BYTES", chunk_bytes[0])
+        monkeypatch.setattr(layers, "_CHUNK_BYTES_GRAD", chunk_bytes[1])
     q, k, v = _rand(1, (3, 7, 4, 8), 3.0), _rand(2, (3, 5, 4, 8), 3.0), _rand(3, (3, 5, 4, 8))
     mask = jnp.array([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]], bool) if masked else None
     dy = _rand(4, q.shape[:3] + (8,))
@@ -155,14 +157,13 @@ def test_attention_tpu_gpu_form_matches_softmax_formula():
     _close(out, _reference_attention(q, k, v, mask), 2e-5)
 
 
-def test_attention_cpu_chunks_keep_logits_under_the_budget(monkeypatch):
+def test_attention_cpu_chunks_keep_logits_under_the_budget():
     q, kt = jnp.zeros((32, 16, 256, 8)), jnp.zeros((32, 16, 8, 256))   # 4 MiB of logits per example
-    assert layers._chunk(q, kt) == 2
-    monkeypatch.setattr(layers, "_CHUNK_BYTES", 1120)                   # the 2-of-3 case above
-    assert layers._chunk(jnp.zeros((3, 4, 7, 8)), jnp.zeros((3, 4, 8, 5))) == 2
-    monkeypatch.undo()
-    assert layers._chunk(q[:, :, :64], kt[..., :64]) == 32              # all of a small batch at once
-    assert layers._chunk(jnp.zeros((1, 16, 4096, 8)), jnp.zeros((1, 16, 8, 4096))) == 1
+    assert layers._chunk(q, kt, layers._CHUNK_BYTES) == 2
+    assert layers._chunk(q, kt, layers._CHUNK_BYTES_GRAD) == 1
+    assert layers._chunk(jnp.zeros((3, 4, 7, 8)), jnp.zeros((3, 4, 8, 5)), 1120) == 2   # 2 of 3 above
+    assert layers._chunk(q[:, :, :64], kt[..., :64], layers._CHUNK_BYTES) == 32   # a small batch at once
+    assert layers._chunk(jnp.zeros((1, 16, 4096, 8)), jnp.zeros((1, 16, 8, 4096)), 2 ** 20) == 1
 
 
 def test_attention_bfloat16_stays_close():
