@@ -90,6 +90,17 @@ def test_winograd_kernel_gradient_matches_lax_conv():
     _close(unet_blocks.winograd_kernel_grad(x, dy), ref, 1e-5)
 
 
+def test_winograd_input_gradient_from_the_saved_kernel_transform():
+    """dx from the forward's transformed kernel U with its tile indices permuted (the flipped
+    kernel's transform), channels I != O, against lax.conv's VJP."""
+    x, w, dy = _rand(1, (3, 6, 10, 7)), _rand(2, (3, 3, 7, 4)), _rand(3, (3, 6, 10, 4))
+    same = ((1, 1), (1, 1))
+    lax_conv = lambda a: jax.lax.conv_general_dilated(a, w, (1, 1), same,
+                                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    u = unet_blocks._winograd(x, w)[2]
+    _close(unet_blocks._winograd_input_grad(dy, u), jax.vjp(lax_conv, x)[1](dy)[0], 1e-5)
+
+
 def test_winograd_rejects_shapes_it_cannot_take():
     w = _rand(2, (3, 3, 5, 6))
     with pytest.raises(ValueError, match="even H and W"):

@@ -279,12 +279,29 @@ def _winograd_kernel(w: jax.Array) -> jax.Array:
 
 
 @jax.jit   # traced once per shape: the primal, the VJP's forward and its dx conv share the trace
-def _winograd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(y, V): the convolution and its transformed input tiles V = B^T d B."""
+def _winograd(x: jax.Array, w: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(y, V, U): the convolution, its transformed input tiles V = B^T d B and kernel U = G g G^T."""
     u = _winograd_kernel(w).astype(w.dtype).reshape(16, *w.shape[2:])
     v = _winograd_input(x)
     m = jnp.matmul(v, u, preferred_element_type=jnp.float32)
-    return _winograd_output(m, x.shape[:3]).astype(jnp.result_type(x, w)), v
+    return _winograd_output(m, x.shape[:3]).astype(jnp.result_type(x, w)), v, u
+
+
+# G J = P G for J reversing the 3 taps and P swapping rows 0 and 3 of G, so the transformed kernel of
+# the flipped kernel is P U P^T: U's tile indices permuted, no transform recomputed.
+_FLIP_TILE = np.array([3, 1, 2, 0])
+
+
+@jax.jit
+def _winograd_input_grad(dy: jax.Array, u: jax.Array) -> jax.Array:
+    """d/dx of sum(winograd_conv3x3(x, W) * dy) from W's transformed kernel U (16, I, O): the 'same'
+    conv of dy with the flipped kernel, channels exchanged, whose transform is U[P, P] read with
+    (O, I) contracted over O (no transposed copy of the kernel)."""
+    i, o = u.shape[1:]
+    uf = u.reshape(4, 4, i, o)[_FLIP_TILE][:, _FLIP_TILE].reshape(16, i, o)
+    m = jnp.einsum("kno,kio->kni", _winograd_input(dy.astype(u.dtype)), uf,
+                   preferred_element_type=jnp.float32)
+    return _winograd_output(m, dy.shape[:3]).astype(jnp.result_type(dy, u))
 
 
 def _check_winograd(x, w) -> None:
@@ -333,18 +350,17 @@ def _conv_cpu(x, w, strides, padding, winograd):
 
 def _conv_cpu_fwd(x, w, strides, padding, winograd):
     if winograd and _winograd_ok(x, w, strides, padding):
-        y, v = _winograd(x, w)
-        return y, (None, w, v)   # V (4x the input's size) replaces x: recomputing it costs more
-    return _lax_conv(x, w, strides, padding), (x, w, None)
+        y, v, u = _winograd(x, w)
+        return y, (None, w, v, u)   # V (4x the input's size) replaces x: recomputing it costs more
+    return _lax_conv(x, w, strides, padding), (x, w, None, None)
 
 
 def _conv_cpu_bwd(strides, padding, winograd, res, dy):
-    x, w, v = res
+    x, w, v, u = res
     if v is not None:
-        # dx: the 'same' conv of dy with the flipped, transposed kernel.
-        dx = winograd_conv3x3(dy, jnp.swapaxes(w[::-1, ::-1], 2, 3))
+        dx = _winograd_input_grad(dy, u).astype(dy.dtype)
         return dx, winograd_kernel_grad(None, dy, v).astype(w.dtype)
-    dx = jax.vjp(lambda u: _lax_conv(u, w, strides, padding), x)[1](dy)[0]
+    dx = jax.vjp(lambda a: _lax_conv(a, w, strides, padding), x)[1](dy)[0]
     return dx, conv_kernel_grad(x, dy, w.shape, strides, padding).astype(w.dtype)
 
 
