@@ -47,6 +47,10 @@ def parse_args(argv, workloads=spec.WORKLOADS, doc=__doc__):
 def main(argv=None, workloads=spec.WORKLOADS, doc=__doc__):
     a = parse_args(argv, workloads, doc)
     harness.MALLOC = a.malloc
+    try:
+        harness.worker_env()   # the allocator asked for must exist here (e.g. jemalloc installed)
+    except (ValueError, FileNotFoundError) as e:
+        sys.exit(f"bench.run: error: --malloc {a.malloc}: {e}")
     log = lambda s: print(s, file=sys.stderr, flush=True)
     log(f"machine: {harness.machine()}")
     peak = harness.peak_record(peer=not a.no_peer)

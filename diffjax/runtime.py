@@ -1,7 +1,7 @@
 """Process settings for XLA:CPU that have to be in place when the process starts: the allocator.
 
-XLA:CPU allocates each executable's temporary buffer (the bench U-Net's train step: 0.5 GB at batch
-32 in 4 gradient slices, 1.8 GB unsliced) afresh on every call and frees it after. Under glibc's
+XLA:CPU allocates each executable's temporary buffer (the bench U-Net's train step: 1.0 GB at batch
+32 in the bench's 2 gradient slices, 1.8 GB unsliced) afresh on every call and frees it after. Under glibc's
 malloc a buffer that large is a fresh mmap each time, so every step page-faults it in again, in
 4 KiB pages (BENCHMARKS.md: ~140k faults and 0.26 s of kernel time per step, plus the TLB misses
 of small pages). Two settings fix this, best first:

@@ -145,3 +145,31 @@ def test_bench_train_slices_reads_a_valid_count(monkeypatch):
         monkeypatch.setenv("BENCH_TRAIN_SLICES", bad)
         with pytest.raises(ValueError, match="BENCH_TRAIN_SLICES"):
             diffjax_side.train_slices()
+
+
+@linux_glibc
+@pytest.mark.parametrize("env, message", [
+    ({"DIFFJAX_MALLOC": "tcmalloc"}, "DIFFJAX_MALLOC='tcmalloc' is not one of"),
+    ({"DIFFJAX_JEMALLOC": "/nonexistent/libjemalloc.so.2"}, "DIFFJAX_JEMALLOC="),
+])
+def test_cli_names_a_bad_allocator_setting_instead_of_a_traceback(env, message):
+    """The ``diffjax`` command's re-exec step turns a bad DIFFJAX_MALLOC / DIFFJAX_JEMALLOC into a
+    one-line error and exit status 1, before any work starts."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("DIFFJAX_MALLOC", "DIFFJAX_MALLOC_TUNING", "DIFFJAX_JEMALLOC", "LD_PRELOAD",
+                         "MALLOC_CONF", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", "from diffjax import cli; cli.main()", "train"],
+                         env={**base, **env, "PYTHONPATH": ROOT}, capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 1, out.stderr
+    assert "diffjax: error:" in out.stderr and message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bench_run_names_an_allocator_that_is_not_installed(monkeypatch):
+    from bench import harness, run
+    monkeypatch.setattr(harness, "MALLOC", harness.MALLOC)   # run.main sets it; restored after
+    monkeypatch.setattr(runtime, "find_jemalloc", lambda *a: None)
+    monkeypatch.setattr(runtime, "_linux_glibc", lambda: True)
+    with pytest.raises(SystemExit, match="--malloc jemalloc: DIFFJAX_MALLOC=jemalloc but no libjemalloc"):
+        run.main(["--malloc", "jemalloc", "--workloads", "train", "--no-peer"])
