@@ -7,21 +7,15 @@ A checkpoint at step s holds two items:
 Restores go straight into the target shardings (abstract ShapeDtypeStructs carrying them), so a run
 may resume on a different device count. ``max_to_keep`` old checkpoints are kept. A rerun with the
 same workdir resumes from the latest step (big_vision's rule: preemption is ordinary).
-
-``PreemptionGuard`` turns SIGTERM into a flag that the train loop polls; the loop then saves
-synchronously and returns (a clean exit). Across processes the flag is OR-reduced, so every host
-saves the same step.
+Preemption signals are handled in ``preemption.py``.
 """
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -112,40 +106,3 @@ class Checkpointer:
     def __exit__(self, *exc):
         self.close()
         return False
-
-
-class PreemptionGuard:
-    """Context manager: SIGTERM sets a flag instead of killing the process (main thread only)."""
-
-    def __init__(self, signals=(signal.SIGTERM,)):
-        self.signals = signals
-        self._flag = False
-        self._previous = {}
-
-    def _handler(self, signum, frame):
-        logging.warning("received signal %d: will checkpoint and exit at the next step", signum)
-        self._flag = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for s in self.signals:
-                self._previous[s] = signal.signal(s, self._handler)
-        return self
-
-    def __exit__(self, *exc):
-        for s, h in self._previous.items():
-            signal.signal(s, h)
-        self._previous = {}
-        return False
-
-    def trigger(self):
-        """Request a stop as if a signal had arrived (tests, and callers with other triggers)."""
-        self._flag = True
-
-    def requested(self) -> bool:
-        """True if any process received the signal (a collective when running multi-process)."""
-        if jax.process_count() == 1:
-            return self._flag
-        from jax.experimental import multihost_utils
-        flags = multihost_utils.process_allgather(np.asarray(self._flag, np.int32))
-        return bool(np.any(flags))

@@ -28,7 +28,7 @@ from diffjax.core import samplers
 from diffjax.data import pipeline
 from diffjax.data import registry as data_registry
 from diffjax.models import registry as model_registry
-from diffjax.training import checkpoint, evaluation, metrics, sampling, sharding
+from diffjax.training import checkpoint, evaluation, metrics, preemption, sampling, sharding
 from diffjax.training import step as step_lib
 
 
@@ -122,7 +122,7 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
 
     # ---- loop ----------------------------------------------------------------------------------
     try:
-        with checkpoint.PreemptionGuard() as guard:
+        with preemption.PreemptionGuard() as guard:
             for micro in range(start, total_micro):
                 batch = sharding.to_global(next(data_iter), ts.batch_sharding)
                 state, m = train_step(state, batch)
