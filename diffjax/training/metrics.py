@@ -2,7 +2,10 @@
 
 ``make_writer(workdir)`` is clu's default writer (TensorBoard event files + console logging) plus a
 JSON-lines file ``workdir/metrics.jsonl`` with one ``{"step": s, name: value, ...}`` per write, easy
-to read back in a notebook or a test. Only process 0 writes files; the others just log.
+to read back in a notebook or a test; each row is flushed as it is written, so a killed run keeps
+its rows. Only process 0 writes files; the others just log. ``truncate_after(workdir, step)``
+drops the rows (and TensorBoard events) past a restored checkpoint, so a resumed run has one
+series per step.
 ``progress(...)`` is clu's ReportProgress (steps/s and ETA in the log and in TensorBoard).
 ``to_picture`` turns samples into one uint8 picture: a grid for images, a density plot for 2-D points.
 """
@@ -31,6 +34,7 @@ class JsonlWriter(interface.MetricWriter):
         row = {"step": int(step)}
         row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
         self._f.write(json.dumps(row) + "\n")
+        self._f.flush()   # a kill -9 loses no row
 
     def write_summaries(self, step, values, metadata=None):
         pass
@@ -67,6 +71,67 @@ def make_writer(workdir: str) -> metric_writers.MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     default = metric_writers.create_default_writer(workdir, asynchronous=False)
     return metric_writers.MultiWriter([default, JsonlWriter(os.path.join(workdir, "metrics.jsonl"))])
+
+
+def _truncate_jsonl(path: str, step: int) -> int:
+    """Keep the rows of ``path`` with step <= ``step`` (atomically); returns how many were dropped.
+    A torn last line (a kill during a write) is dropped too."""
+    if not os.path.exists(path):
+        return 0
+    kept, dropped = [], 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                dropped += 1
+                continue
+            if int(row.get("step", 0)) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
+    return dropped
+
+
+def _truncate_events(path: str, step: int) -> int:
+    """Rewrite one TensorBoard event file without the events whose step is > ``step``."""
+    import tensorflow as tf
+    from tensorflow.core.util import event_pb2
+
+    kept, dropped = [], 0
+    try:
+        for record in tf.data.TFRecordDataset(path).as_numpy_iterator():
+            event = event_pb2.Event.FromString(record)
+            if event.step > step:
+                dropped += 1
+            else:
+                kept.append(record)
+    except tf.errors.DataLossError:   # a torn tail (kill -9 while writing): drop it
+        dropped += 1
+    if dropped:
+        tmp = path + ".tmp"
+        with tf.io.TFRecordWriter(tmp) as w:
+            for record in kept:
+                w.write(record)
+        os.replace(tmp, path)
+    return dropped
+
+
+def truncate_after(workdir: str, step: int) -> int:
+    """Drop metrics rows and TensorBoard events past optimizer step ``step`` (a resume restored that
+    step: what follows will be written again). Process 0 only; returns the number dropped."""
+    if jax.process_index() > 0 or not os.path.isdir(workdir):
+        return 0
+    dropped = _truncate_jsonl(os.path.join(workdir, "metrics.jsonl"), step)
+    for name in sorted(os.listdir(workdir)):
+        if name.startswith("events.out.tfevents") and not name.endswith(".tmp"):
+            dropped += _truncate_events(os.path.join(workdir, name), step)
+    return dropped
 
 
 class _QuietLibraries(logging.Filter):

@@ -2,17 +2,24 @@
 
     summary = train(config, workdir)
 
-Phases: setup (mesh, data, model, step, checkpoints) -> resume or init -> loop -> final save and
+Phases: validate the config -> lock the workdir -> setup (mesh, data, model, step, checkpoints)
+-> resume (config compared with the saved one) or init -> loop -> final save, samples and
 evaluation. Inside the loop each micro-step
     1. reads a batch (each process its own shard) and assembles the global array,
     2. runs the jitted step (step.py),
-    3. checks the *previous* step's loss (so the host never waits on the step it just launched;
-       a NaN/Inf stops the run with the step and the last good checkpoint named),
-    4. logs, saves (async), draws sample grids and evaluates on their cadences,
-    5. polls the SIGTERM flag: on preemption it saves synchronously and returns cleanly.
+    3. checks the *previous* step's loss, gradient norm and parameter norm (so the host never
+       waits on the step it just launched): a NaN/Inf stops the run naming the step and the last
+       good checkpoint, and a state is saved only after its own metrics were checked, so no
+       non-finite state is ever written and the good checkpoints are never rotated out by one,
+    4. raises a background checkpoint write's failure (e.g. a full disk) at the next step,
+    5. logs, saves (async), draws sample grids and evaluates on their cadences,
+    6. polls the SIGTERM / Ctrl-C flag: on preemption it saves synchronously and returns cleanly
+       (``summary['preempted']``; the CLI exits with ``preemption.EXIT_PREEMPTED``).
 A rerun with the same workdir resumes from the latest checkpoint (state + data position), and its
-losses equal those of an uninterrupted run. Cadences are in optimizer steps; with gradient
-accumulation checkpoints are named by micro-step (= state.step).
+losses equal those of an uninterrupted run; metric rows past the restored step are dropped first,
+so every step has one row. Only one ``train`` runs in a workdir at a time (``workdir.lock``).
+Cadences are in optimizer steps; with gradient accumulation checkpoints are named by micro-step
+(= state.step).
 """
 from __future__ import annotations
 
@@ -29,47 +36,59 @@ from diffjax.data import pipeline
 from diffjax.data import registry as data_registry
 from diffjax.models import registry as model_registry
 from diffjax.training import checkpoint, evaluation, metrics, preemption, sampling, sharding
+from diffjax.training import progress as progress_lib
 from diffjax.training import step as step_lib
+from diffjax.training import validation
+from diffjax.training import workdir as workdir_lib
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or Inf."""
+    """The loss, the gradient norm or the parameter norm became NaN or Inf."""
 
 
 def validate_config(config):
     """Errors that name the offending key, for values a type check cannot catch."""
-    if config.total_steps < 1:
-        raise ValueError(f"config.total_steps must be >= 1, got {config.total_steps}")
-    if config.batch_size < 1:
-        raise ValueError(f"config.batch_size must be >= 1, got {config.batch_size}")
+    validation.check(config)
     for key in ("sample.sampler", "eval.sampler"):
         section, name = key.split(".")
         value = config[section][name]
         if value not in samplers.SAMPLERS:
             raise ValueError(f"config.{key}: unknown sampler {value!r}; expected one of "
                              f"{sorted(samplers.SAMPLERS)}")
-    for key in ("log_every", "checkpoint.every", "sample.every", "eval.every"):
-        section, _, name = key.rpartition(".")
-        value = (config[section] if section else config)[name]
-        if value < 0:
-            raise ValueError(f"config.{key} must be >= 0 (0 = never), got {value}")
+
+
+def non_finite(values: dict) -> list[tuple[str, float]]:
+    """The (name, value) pairs among loss, gradient norm and parameter norm that are NaN or Inf."""
+    names = (("loss", "loss"), ("grad_norm", "gradient norm"), ("param_norm", "parameter norm"))
+    return [(label, float(values[k])) for k, label in names if not np.isfinite(values[k])]
 
 
 def _every(n: int, step: int, last: bool) -> bool:
     return last or (n > 0 and step % n == 0)
 
 
-def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
+def train(config, workdir: str, *, callbacks: Sequence[Callable] = (),
+          show_progress: bool = True) -> dict:
     """Train (or resume) the run described by ``config`` in ``workdir``; returns a summary dict.
 
     ``callbacks`` are called as ``cb(step, state, metrics)`` after every optimizer step (tests use
-    them to send signals or inspect state).
+    them to send signals or inspect state). ``show_progress`` draws the progress bar on stderr
+    (process 0 only).
     """
-    # ---- setup ---------------------------------------------------------------------------------
     t_start = time.time()
     validate_config(config)
     os.makedirs(workdir, exist_ok=True)
-    writer = metrics.make_writer(workdir)
+    with workdir_lib.lock(workdir, enabled=jax.process_index() == 0):
+        bar = progress_lib.Progress(config.total_steps,
+                                    enabled=show_progress and jax.process_index() == 0)
+        try:
+            return _train(config, workdir, callbacks, bar, t_start)
+        finally:
+            bar.close()
+
+
+def _train(config, workdir, callbacks, bar, t_start) -> dict:
+    # ---- setup ---------------------------------------------------------------------------------
     mesh = sharding.make_mesh(config.mesh)
     source = data_registry.get_source(config.data)
     example_shape = tuple(np.shape(source[0]["x"]))
@@ -88,36 +107,54 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
     total_micro = int(config.total_steps) * accum
 
     # ---- resume or init ------------------------------------------------------------------------
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(ts.abstract_state, data_iter)
-        logging.info("resumed from %s", ckpt.path(ckpt.latest_step()))
-    else:
-        state = ts.init_state(jax.random.key(config.seed))
-        if jax.process_index() == 0:
-            sampling.save_run_info(workdir, config, example_shape, classes)
-            writer.write_hparams(_flat(config))
+    first = jax.process_index() == 0
+    try:
+        latest = ckpt.latest_step()
+        if latest is not None:
+            changes = workdir_lib.check_resume_config(workdir, config) if first else {}
+            state = ckpt.restore(ts.abstract_state, data_iter)
+            logging.info("resumed from %s", ckpt.path(latest))
+            if changes:
+                workdir_lib.record_changes(workdir, changes, latest // accum)
+                sampling.save_run_info(workdir, config, example_shape, classes)
+        else:
+            state = ts.init_state(jax.random.key(config.seed))
+            if first:
+                sampling.save_run_info(workdir, config, example_shape, classes)
+    except BaseException:
+        ckpt.close()
+        raise
     start = int(jax.device_get(state.step))
+    dropped = metrics.truncate_after(workdir, start // accum)   # one row per step after a resume
+    if dropped:
+        logging.info("dropped %d metric rows/events past the restored step %d", dropped,
+                     start // accum)
+    writer = metrics.make_writer(workdir)
+    if latest is None:
+        writer.write_hparams(_flat(config))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(ts.abstract_state.params))
     logging.info("model %s: %.2fM params; mesh %s; micro-batch %d x %d accumulation; steps %d -> %d",
                  config.model.name, n_params / 1e6, dict(mesh.shape), ts.micro_batch, accum,
                  start // accum, config.total_steps)
     train_step = ts.jit_step()
-    report = metrics.progress(config.total_steps, writer)
+    bar.begin(start // accum)
     summary = {"start_step": start // accum, "params": n_params, "preempted": False}
     losses, pending, last_saved = [], None, start
-    t_loop = time.time()
+    t_loop, t_rate, step_rate = time.time(), time.time(), start // accum
 
     def check(entry):
         step_no, m = entry
-        loss, pnorm = (float(v) for v in jax.device_get((m["loss"], m["param_norm"])))
-        if not (np.isfinite(loss) and np.isfinite(pnorm)):
+        values = jax.device_get({k: m[k] for k in ("loss", "grad_norm", "param_norm")})
+        bad = non_finite(values)
+        if bad:
             ckpt.wait()
             last = ckpt.latest_step()
             where = ckpt.path(last) if last is not None else "none (no checkpoint was saved)"
-            what = f"loss is {loss}" if not np.isfinite(loss) else f"parameter norm is {pnorm}"
-            raise NonFiniteLossError(f"{what} at step {step_no // accum}; stopping. Last good "
-                                     f"checkpoint: {where}")
-        losses.append(loss)
+            what = ", ".join(f"{n} is {v}" for n, v in bad)
+            raise NonFiniteLossError(f"{what} at step {step_no // accum}; stopping (nothing of this "
+                                     f"state was saved). Last good checkpoint: {where}; lower "
+                                     f"config.optim.lr or set config.optim.grad_clip")
+        losses.append(float(values["loss"]))
         return m
 
     # ---- loop ----------------------------------------------------------------------------------
@@ -125,9 +162,12 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
         with preemption.PreemptionGuard() as guard:
             for micro in range(start, total_micro):
                 batch = sharding.to_global(next(data_iter), ts.batch_sharding)
+                if micro == start:
+                    bar.phase("compiling the train step")
                 state, m = train_step(state, batch)
                 if pending is not None:
                     check(pending)
+                getattr(ckpt, 'check', lambda: None)()  # TODO(lead) a failed background save stops the run here
                 pending = (micro + 1, m)
                 if (micro + 1) % accum:
                     if guard.requested():
@@ -135,13 +175,18 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
                     continue
                 step = (micro + 1) // accum
                 last = micro + 1 == total_micro
-                report(step)
+                bar.update(step, **({'loss': losses[-1]} if losses else {}))
                 if _every(config.log_every, step, last):
                     m = check(pending)
                     pending = None
                     scalars = {k: float(v) for k, v in jax.device_get(m).items() if k != "loss"}
                     scalars["loss"] = float(np.mean(losses))
+                    now = time.time()
+                    if step > step_rate:
+                        scalars["steps_per_second"] = (step - step_rate) / max(now - t_rate, 1e-9)
+                    t_rate, step_rate = now, step
                     writer.write_scalars(step, scalars)
+                    writer.flush()
                     summary["loss"], losses = scalars["loss"], []
                 if _every(config.checkpoint.every, step, last):
                     if pending is not None:
@@ -152,10 +197,11 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
                 for cb in callbacks:
                     cb(step, state, m)
                 if _every(config.sample.every, step, False):
-                    _write_samples(ts, state, config, workdir, writer, step, classes, example_shape)
+                    _write_samples(ts, state, config, workdir, writer, step, classes, example_shape,
+                                   bar)
                 if config.eval.every and step % config.eval.every == 0 and not last:
                     writer.write_scalars(step, _evaluate(ts, state, config, workdir, step, classes,
-                                                         example_shape))
+                                                         example_shape, bar))
                 if guard.requested():
                     break
             if pending is not None:
@@ -164,26 +210,31 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = ()) -> dict:
             if stopped_at < total_micro:  # preempted: save where we are and exit cleanly
                 if last_saved != stopped_at:
                     ckpt.save(stopped_at, state, data_iter, force=True)
+                ckpt.wait()
+                bar.close()
                 logging.warning("preempted at step %d: checkpoint %s saved; rerun the same command to "
                                 "resume", stopped_at // accum, ckpt.path(stopped_at))
                 writer.flush()
-                summary.update(preempted=True, step=stopped_at // accum)
+                summary.update(preempted=True, step=stopped_at // accum,
+                               checkpoint=ckpt.path(stopped_at))
                 return summary
     finally:
         ckpt.close()  # waits for pending async saves, also when an error stops the run
+    bar.close()
 
     # ---- final samples and evaluation ----------------------------------------------------------
     step = total_micro // accum
     t_train = time.time() - t_loop
-    summary.update(step=step, train_seconds=t_train,
+    summary.update(step=step, train_seconds=t_train, checkpoint=ckpt.path(total_micro),
                    steps_per_second=(step - start // accum) / max(t_train, 1e-9))
     if config.sample.num > 0:
         summary["samples"] = _write_samples(ts, state, config, workdir, writer, step, classes,
-                                            example_shape)
+                                            example_shape, bar)
     if config.eval.at_end:
-        ev = _evaluate(ts, state, config, workdir, step, classes, example_shape)
+        ev = _evaluate(ts, state, config, workdir, step, classes, example_shape, bar)
         writer.write_scalars(step, ev)
         summary.update(ev)
+    bar.close()
     writer.flush()
     summary["wall_seconds"] = time.time() - t_start
     logging.info("done: %s", {k: (round(v, 4) if isinstance(v, float) else v)
@@ -198,9 +249,11 @@ def _run_from_state(ts, state, config, classes, example_shape) -> sampling.Run:
                         example_shape=example_shape)
 
 
-def _write_samples(ts, state, config, workdir, writer, step, classes, example_shape) -> str:
+def _write_samples(ts, state, config, workdir, writer, step, classes, example_shape, bar) -> str:
     run = _run_from_state(ts, state, config, classes, example_shape)
     s = config.sample
+    bar.phase(f"step {step}: sample grid ({s.num} samples, {s.sampler}, {s.steps} steps, "
+              f"guidance {s.guidance:g})")
     x = sampling.generate(run, s.num, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
                           seed=config.seed)
     pic = metrics.to_picture(x, ncol=classes if classes and s.num % classes == 0 else None)
@@ -208,13 +261,18 @@ def _write_samples(ts, state, config, workdir, writer, step, classes, example_sh
     if jax.process_index() == 0:
         metrics.save_png(pic, path, upscale=2)
     writer.write_images(step, {"samples": pic[None]})
+    bar.end_phase()
     logging.info("step %d: samples written to %s", step, path)
     return path
 
 
-def _evaluate(ts, state, config, workdir, step, classes, example_shape) -> dict:
+def _evaluate(ts, state, config, workdir, step, classes, example_shape, bar) -> dict:
     run = _run_from_state(ts, state, config, classes, example_shape)
+    e = config.eval
+    bar.phase(f"step {step}: evaluation ({e.num_samples} samples, {e.sampler}, {e.steps} steps, "
+              f"guidance {e.guidance:g})")
     out = evaluation.evaluate(run, workdir)
+    bar.end_phase()
     logging.info("step %d: %s", step, {k: round(v, 4) for k, v in out.items()})
     return out
 
