@@ -167,15 +167,21 @@ def get_classifier(workdir: str, config) -> EvalClassifier:
 
 def evaluate(run: sampling.Run, workdir: str, *, num_samples: int | None = None,
              sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
-             seed: int = 1234, params_name: str | None = None) -> dict:
-    """FD (and class accuracy for conditional models) of ``num_samples`` fresh samples."""
-    e = run.config.eval
-    num = int(num_samples or e.num_samples)
-    sampler, steps = sampler or e.sampler, int(steps or e.steps)
-    guidance = float(e.guidance if guidance is None else guidance)
+             seed: int | None = None, params_name: str | None = None,
+             spacing: str | None = None) -> dict:
+    """FD (and class accuracy for conditional models) of ``num_samples`` fresh samples.
+
+    Each setting left None takes the run's ``config.eval`` default (spacing and parameter set:
+    ``config.sample``'s; seed: ``sampling.DEFAULT_SEED['eval']``); a value given is used as given
+    (``num_samples=0`` is an error, not the default). ``sampling.settings(run, 'eval', ...)``
+    returns the values used."""
+    st = sampling.settings(run, "eval", num=num_samples, sampler=sampler, steps=steps,
+                           guidance=guidance, seed=seed, params=params_name, spacing=spacing)
+    num, steps = st["num"], st["steps"]
+    guidance = float(run.config.eval.guidance if st["guidance"] is None else st["guidance"])
     t0 = time.time()
-    x_gen = sampling.generate(run, num, sampler=sampler, steps=steps, guidance=guidance, seed=seed,
-                              params_name=params_name or run.config.sample.params)
+    x_gen = sampling.generate(run, num, sampler=st["sampler"], steps=steps, guidance=guidance,
+                              seed=st["seed"], params_name=st["params"], spacing=st["spacing"])
     t_sample = time.time() - t0
     out = {"eval/num_samples": num, "eval/guidance": guidance, "eval/steps": steps,
            "eval/sample_seconds": t_sample}

@@ -1,4 +1,4 @@
-"""Metric writers, progress reports and sample pictures.
+"""Metric writers, metric truncation on resume, and sample pictures.
 
 ``make_writer(workdir)`` is clu's default writer (TensorBoard event files + console logging) plus a
 JSON-lines file ``workdir/metrics.jsonl`` with one ``{"step": s, name: value, ...}`` per write, easy
@@ -6,25 +6,23 @@ to read back in a notebook or a test; each row is flushed as it is written, so a
 its rows. Only process 0 writes files; the others just log. ``truncate_after(workdir, step)``
 drops the rows (and TensorBoard events) past a restored checkpoint, so a resumed run has one
 series per step.
-``progress(...)`` is clu's ReportProgress (steps/s and ETA in the log and in TensorBoard).
 ``to_picture`` turns samples into one uint8 picture: a grid for images, a density plot for 2-D points.
 """
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 from typing import Any, Mapping
 
 import jax
 import numpy as np
-from clu import metric_writers, periodic_actions
-from clu.metric_writers import interface
 
 
-class JsonlWriter(interface.MetricWriter):
-    """Appends scalar writes to a JSON-lines file (other summary kinds are ignored)."""
+class JsonlWriter:
+    """Appends scalar writes to a JSON-lines file (other summary kinds are ignored). It has clu's
+    MetricWriter methods, so clu's MultiWriter drives it; clu (and with it TensorFlow, seconds to
+    import) is only imported by ``make_writer``, not by sampling code that just draws pictures."""
 
     def __init__(self, path: str):
         self.path = path
@@ -64,8 +62,10 @@ class JsonlWriter(interface.MetricWriter):
         self._f.close()
 
 
-def make_writer(workdir: str) -> metric_writers.MetricWriter:
-    """TensorBoard + console (+ metrics.jsonl) on process 0; console only elsewhere."""
+def make_writer(workdir: str):
+    """clu MetricWriter: TensorBoard + console (+ metrics.jsonl) on process 0; console elsewhere."""
+    from clu import metric_writers
+
     if jax.process_index() > 0:
         return metric_writers.create_default_writer(None, just_logging=True)
     os.makedirs(workdir, exist_ok=True)
@@ -132,29 +132,6 @@ def truncate_after(workdir: str, step: int) -> int:
         if name.startswith("events.out.tfevents") and not name.endswith(".tmp"):
             dropped += _truncate_events(os.path.join(workdir, name), step)
     return dropped
-
-
-class _QuietLibraries(logging.Filter):
-    """Drop INFO chatter from orbax and grain (their warnings and errors still show)."""
-
-    def filter(self, record):
-        noisy = "/orbax/" in record.pathname or "/grain/" in record.pathname
-        return not (noisy and record.levelno < logging.WARNING)
-
-
-def setup_logging():
-    """INFO-level console logs from diffjax and clu; orbax/grain only from WARNING up."""
-    from absl import logging as absl_logging
-
-    absl_logging.set_verbosity(absl_logging.INFO)
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _QuietLibraries) for f in logger.filters):
-        logger.addFilter(_QuietLibraries())
-
-
-def progress(num_train_steps: int, writer, every_secs: float = 30.0):
-    return periodic_actions.ReportProgress(num_train_steps=num_train_steps, writer=writer,
-                                           every_secs=every_secs)
 
 
 def read_jsonl(path: str) -> list[dict]:

@@ -167,7 +167,7 @@ def _train(config, workdir, callbacks, bar, t_start) -> dict:
                 state, m = train_step(state, batch)
                 if pending is not None:
                     check(pending)
-                getattr(ckpt, 'check', lambda: None)()  # TODO(lead) a failed background save stops the run here
+                ckpt.check()                        # a failed background save stops the run here
                 pending = (micro + 1, m)
                 if (micro + 1) % accum:
                     if guard.requested():
@@ -212,7 +212,7 @@ def _train(config, workdir, callbacks, bar, t_start) -> dict:
                     ckpt.save(stopped_at, state, data_iter, force=True)
                 ckpt.wait()
                 bar.close()
-                logging.warning("preempted at step %d: checkpoint %s saved; rerun the same command to "
+                logging.info("preempted at step %d: checkpoint %s saved; rerun the same command to "
                                 "resume", stopped_at // accum, ckpt.path(stopped_at))
                 writer.flush()
                 summary.update(preempted=True, step=stopped_at // accum,
