@@ -147,7 +147,7 @@ def value_and_grad_in_slices(loss_fn: Callable, slices: int) -> Callable:
     the gradient of the whole batch's loss; the randomness differs (slice i draws from
     fold_in(key, i)), not its distribution. Peak memory falls with the slice, and on a CPU the
     smaller working set can make the step faster (BENCHMARKS.md). ``aux`` arrays are per example,
-    concatenated back in batch order. ``slices=1`` is plain value_and_grad.
+    concatenated back in batch order, except ``aux['metrics']`` (scalars), averaged over slices. ``slices=1`` is plain value_and_grad.
     """
     vg = jax.value_and_grad(loss_fn, has_aux=True)
     if slices == 1:
@@ -171,7 +171,10 @@ def value_and_grad_in_slices(loss_fn: Callable, slices: int) -> Callable:
 
         zeros = jax.tree.map(jnp.zeros_like, params)
         g, (loss, aux) = jax.lax.scan(body, zeros, (jnp.arange(slices), parts))
+        scalars = aux.pop("metrics", None) if isinstance(aux, dict) else None
         aux = jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1).reshape((b,) + a.shape[2:]), aux)
+        if scalars is not None:
+            aux["metrics"] = jax.tree.map(lambda a: jnp.mean(a, axis=0), scalars)
         return (jnp.mean(loss), aux), jax.tree.map(lambda a: a / slices, g)
 
     return fn

@@ -228,6 +228,28 @@ def _finalize_thread(manager) -> threading.Thread | None:
     return get() if callable(get) else None
 
 
+def saved_top_keys(step_dir: str) -> set[str] | None:
+    """The top-level keys of the state pytree saved in ``step_dir`` (from orbax's ``_METADATA``),
+    or None if they cannot be read (orbax's own restore then reports the problem)."""
+    try:
+        with open(os.path.join(step_dir, "state", "_METADATA"), encoding="utf-8") as f:
+            keys = json.load(f)["tree_metadata"]
+        return {k.strip("()").split(",")[0].strip().strip("'\"") for k in keys}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _without_missing_extra(abstract_state: Any, saved: set[str] | None) -> dict | None:
+    """Checkpoints written before the TrainState had an ``extra`` field (the training objective's
+    own state) restore into the same state with ``extra=None``: the target without that field as a
+    dict, or None when no such translation is needed."""
+    fields = getattr(abstract_state, "__dataclass_fields__", None)
+    if (saved is None or fields is None or "extra" not in fields or "extra" in saved
+            or getattr(abstract_state, "extra", None) is not None):
+        return None
+    return {name: getattr(abstract_state, name) for name in fields if name != "extra"}
+
+
 # ---- orbax's logs and asyncio's leftovers -------------------------------------------------------
 
 _ORBAX_DIR = os.path.dirname(os.path.abspath(ocp.__file__)) + os.sep
@@ -559,7 +581,8 @@ class Checkpointer:
                                   f"{_steps_text(steps) or 'none'}")
         path, earlier = self.path(step), [s for s in steps if s < step]
         intact = self._verify(step, path, earlier) if verify else False
-        items = {"state": ocp.args.StandardRestore(abstract_state)}
+        legacy = _without_missing_extra(abstract_state, saved_top_keys(path))
+        items = {"state": ocp.args.StandardRestore(abstract_state if legacy is None else legacy)}
         if data_iter is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
         try:
@@ -573,6 +596,8 @@ class Checkpointer:
             raise CorruptCheckpointError(
                 f"checkpoint step {step} ({path}) {what} ({short_cause(e)}); "
                 f"{_fallback_advice(path, earlier)}", step=step, path=path, earlier=earlier) from e
+        if legacy is not None:
+            return abstract_state.replace(**out["state"])
         return out["state"]
 
     def _verify(self, step: int, path: str, earlier: list[int]) -> bool:

@@ -7,6 +7,7 @@ the key. Sections:
     model       a models preset (registry.get_preset) with overrides; ``dtype='bfloat16'`` computes
                 in bf16 while params (``param_dtype``) and the optimizer stay float32
     diffusion   process / parameterization / loss (core/losses.py make_loss arguments)
+    objective   name: the training objective (training/objectives.py), plus that objective's fields
     optim       AdamW + warmup + cosine/constant, clipping, gradient accumulation (optim.py)
     ema         decays and EDM2 power-EMA widths (ema.py)
     mesh        ordered axes {'data': -1, 'fsdp': 1}; sharding: rules + min_size (sharding.py)
@@ -46,6 +47,9 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
         process="edm", process_kwargs=ml_collections.ConfigDict(), parameterization="edm",
         weighting="native", t_sampler="lognormal", p_mean=-1.2, p_std=1.2, sigma_data=0.5,
         min_snr_gamma=5.0, label_dropout=0.0))
+
+    # the training objective (objectives.py); a method's config adds its own fields here
+    c.objective = ml_collections.ConfigDict(dict(name="denoising"))
 
     c.optim = ml_collections.ConfigDict(dict(
         lr=1e-3, schedule="cosine", warmup_steps=100, end_lr_factor=0.0, b1=0.9, b2=0.999, eps=1e-8,

@@ -40,8 +40,12 @@ def _decay_mask(params):
     return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
 
 
-def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """``(tx, schedule)`` from config.optim; ``tx`` is wrapped in MultiSteps if accum_steps > 1."""
+def make_optimizer(cfg, total_steps: int, trainable=None
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """``(tx, schedule)`` from config.optim; ``tx`` is wrapped in MultiSteps if accum_steps > 1.
+
+    ``trainable(params) -> bool pytree`` (a training objective's mask): False leaves get
+    ``optax.set_to_zero`` (no update, no optimizer state), the rest the chain above."""
     schedule = make_schedule(cfg, total_steps)
     parts = []
     if cfg.grad_clip and cfg.grad_clip > 0:
@@ -49,6 +53,9 @@ def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation,
     parts.append(optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay, mask=_decay_mask))
     tx = optax.chain(*parts)
+    if trainable is not None:
+        labels = lambda params: jax.tree.map(lambda m: "train" if m else "frozen", trainable(params))
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     k = int(cfg.accum_steps)
     if k < 1:
         raise ValueError(f"config.optim.accum_steps must be >= 1, got {k}")

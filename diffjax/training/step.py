@@ -6,12 +6,16 @@ several processes, and for ahead-of-time compilation on a device list (TPU pre-f
     state, metrics = ts.jit_step()(state, batch)             # batch: global arrays on ts.batch_sharding
     ts.jit_step().lower(ts.abstract_state, ts.abstract_batch).compile()   # no data, no devices touched
 
-One step (Karras et al. 2022 / Ho et al. 2020 denoising score matching from core/losses.py):
-    key = fold_in(state.rng, state.step);  (loss, aux), g = value_and_grad(loss_fn)(params, batch, key)
+One step, for the training objective of ``config.objective`` (objectives.py; the default is
+Karras et al. 2022 / Ho et al. 2020 denoising score matching from core/losses.py):
+    key = fold_in(state.rng, state.step)
+    (loss, aux), g = value_and_grad(objective.loss)(params, state.extra, batch, key)
+        (leaves the objective freezes get stop_gradient, set_to_zero updates and no optimizer state)
         (in config.optim.grad_slices slices of the batch, one after another, when > 1:
          losses.value_and_grad_in_slices; less memory, and on a CPU often faster)
     params <- params + tx.update(g)   (clip, AdamW, schedule; MultiSteps when accumulating)
     ema    <- ema.update(ema, params, k) only on steps where the optimizer applied an update.
+    extra  <- objective.update_extra(extra, params, batch, key') when the objective has one.
 Every input is a pure function of (state, batch), so a resumed run repeats an uninterrupted one
 bit for bit, and the noise draws do not depend on how the batch is sharded (threefry is
 partitionable).
@@ -26,7 +30,7 @@ import optax
 
 from diffjax.core import denoisers, losses, processes
 from diffjax.training import ema as ema_lib
-from diffjax.training import optim, sharding
+from diffjax.training import objectives, optim, sharding
 from diffjax.training import state as state_lib
 
 
@@ -43,6 +47,7 @@ class TrainStep(NamedTuple):
     process: Any
     conditional: bool
     micro_batch: int
+    objective: Any = None   # objectives.Objective
 
     def jit_init(self):
         return jax.jit(self.init, out_shardings=self.state_shardings)
@@ -101,20 +106,14 @@ def example_inputs(model, example_shape, batch: int = 1):
 
 def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     """Build the pure init/step functions and their shardings from ``config`` (see module doc)."""
-    d = config.diffusion
-    process = make_process(d)
+    process = make_process(config.diffusion)
     den = make_denoiser(config, model, process, example_shape)
     classes = num_classes(model)
-    if d.label_dropout > 0 and not classes:
-        raise ValueError("config.diffusion.label_dropout > 0 needs a class-conditional model "
-                         "(config.model.num_classes > 0)")
-    loss_fn = losses.make_loss(den, process, weighting=d.weighting, t_sampler=d.t_sampler,
-                               min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data,
-                               label_dropout=d.label_dropout,
-                               null_label=classes if classes else None, p_mean=d.p_mean,
-                               p_std=d.p_std)
+    obj = objectives.build(config, model=model, den=den, process=process,
+                           example_shape=example_shape, num_classes=classes)
     accum = int(config.optim.accum_steps)
-    tx, schedule = optim.make_optimizer(config.optim, config.total_steps)
+    trainable = None if obj.trainable is None else (lambda p: objectives.trainable_mask(obj, p))
+    tx, schedule = optim.make_optimizer(config.optim, config.total_steps, trainable=trainable)
     ema_names = ema_lib.names(config.ema)
     if config.batch_size % accum:
         raise ValueError(f"config.batch_size {config.batch_size} is not divisible by "
@@ -129,18 +128,26 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     if slices < 1 or micro % slices:
         raise ValueError(f"config.optim.grad_slices {slices} must be >= 1 and divide the micro-batch "
                          f"{micro} (config.batch_size / accum_steps)")
-    value_and_grad = losses.value_and_grad_in_slices(loss_fn, slices)
 
     def init(key):
-        k_param, k_state = jax.random.split(key)
+        k_param, k_state, k_extra = jax.random.split(key, 3)
         params = model.init(k_param, *example_inputs(model, example_shape))["params"]
         params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
-        return state_lib.create(params, tx, ema_lib.init(params, ema_names), k_state)
+        return state_lib.create(params, tx, ema_lib.init(params, ema_names), k_state,
+                                extra=obj.init_extra(k_extra, params))
 
     def step(st, batch):
         if not classes:
             batch = {k: v for k, v in batch.items() if k != "label"}
-        (loss, _), grads = value_and_grad(st.params, batch, st.step_key())
+        key = st.step_key()
+        mask = objectives.trainable_mask(obj, st.params)
+
+        def loss_fn(params, batch, key):
+            # frozen leaves get no gradient at all (XLA drops their weight-gradient products)
+            params = jax.tree.map(lambda p, m: p if m else jax.lax.stop_gradient(p), params, mask)
+            return obj.loss(params, st.extra, batch, key)
+
+        (loss, aux), grads = losses.value_and_grad_in_slices(loss_fn, slices)(st.params, batch, key)
         updates, opt_state = tx.update(grads, st.opt_state, st.params)
         params = optax.apply_updates(st.params, updates)
         new_step = st.step + 1
@@ -152,7 +159,14 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
         metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
                    "lr": schedule(jnp.maximum(k - 1, 0)),
                    "param_norm": optax.global_norm(params)}
-        return st.replace(step=new_step, params=params, opt_state=opt_state, ema=new_ema), metrics
+        metrics.update(aux.get("metrics", {}) if isinstance(aux, dict) else {})
+        extra = st.extra
+        if obj.update_extra is not None:
+            extra, extra_metrics = obj.update_extra(st.extra, params, batch,
+                                                    jax.random.fold_in(key, 1 << 20))
+            metrics.update(extra_metrics or {})
+        return st.replace(step=new_step, params=params, opt_state=opt_state, ema=new_ema,
+                          extra=extra), metrics
 
     rules = [tuple(r) for r in config.sharding.rules]
     shapes = jax.eval_shape(init, jax.random.key(0))
@@ -164,4 +178,4 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     return TrainStep(init=init, step=step, mesh=mesh, state_shardings=state_sh,
                      batch_sharding=batch_sh, abstract_state=sharding.abstract(shapes, state_sh),
                      abstract_batch=abstract_batch, schedule=schedule, den=den, process=process,
-                     conditional=bool(classes), micro_batch=micro)
+                     conditional=bool(classes), micro_batch=micro, objective=obj)
