@@ -88,8 +88,9 @@ def load(workdir: str, step: int | None = None, config=None) -> Run:
         model = registry.build_model(config.model)
         mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.local_devices()[:1])
         cfg = ml_collections.ConfigDict(config.to_dict())
-        cfg.batch_size = int(config.optim.accum_steps)  # any size works for restoring
-        cfg.optim.grad_slices = 1                         # (the train step is only built, never run)
+        # any batch works for restoring (the train step is only built, never run)
+        cfg.batch_size = int(config.optim.accum_steps) * jax.process_count()
+        cfg.optim.grad_slices = 1
         ts = step_lib.make_train_step(cfg, model, mesh, example_shape=tuple(info["example_shape"]))
         state = ckpt.restore(ts.abstract_state, step=step)
     params = {"params": state.params, **state.ema}

@@ -30,7 +30,7 @@ import optax
 
 from diffjax.core import denoisers, losses, processes
 from diffjax.training import ema as ema_lib
-from diffjax.training import objectives, optim, sharding
+from diffjax.training import batching, objectives, optim, sharding
 from diffjax.training import state as state_lib
 
 
@@ -48,6 +48,7 @@ class TrainStep(NamedTuple):
     conditional: bool
     micro_batch: int
     objective: Any = None   # objectives.Objective
+    batch: Any = None       # batching.BatchPlan
 
     def jit_init(self):
         return jax.jit(self.init, out_shardings=self.state_shardings)
@@ -111,23 +112,11 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     classes = num_classes(model)
     obj = objectives.build(config, model=model, den=den, process=process,
                            example_shape=example_shape, num_classes=classes)
-    accum = int(config.optim.accum_steps)
+    bp = batching.plan(config, mesh)
+    accum, micro, slices = bp.accum_steps, bp.micro_batch, bp.grad_slices
     trainable = None if obj.trainable is None else (lambda p: objectives.trainable_mask(obj, p))
     tx, schedule = optim.make_optimizer(config.optim, config.total_steps, trainable=trainable)
     ema_names = ema_lib.names(config.ema)
-    if config.batch_size % accum:
-        raise ValueError(f"config.batch_size {config.batch_size} is not divisible by "
-                         f"config.optim.accum_steps {accum}")
-    micro = config.batch_size // accum
-    if micro % sharding.batch_divisor(mesh):
-        raise ValueError(f"the micro-batch {micro} (config.batch_size / accum_steps) is not "
-                         f"divisible by the {sharding.batch_divisor(mesh)} batch shards of mesh "
-                         f"{dict(mesh.shape)}")
-
-    slices = int(config.optim.get("grad_slices", 1))   # runs saved before the key existed
-    if slices < 1 or micro % slices:
-        raise ValueError(f"config.optim.grad_slices {slices} must be >= 1 and divide the micro-batch "
-                         f"{micro} (config.batch_size / accum_steps)")
 
     def init(key):
         k_param, k_state, k_extra = jax.random.split(key, 3)
@@ -178,4 +167,4 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     return TrainStep(init=init, step=step, mesh=mesh, state_shardings=state_sh,
                      batch_sharding=batch_sh, abstract_state=sharding.abstract(shapes, state_sh),
                      abstract_batch=abstract_batch, schedule=schedule, den=den, process=process,
-                     conditional=bool(classes), micro_batch=micro, objective=obj)
+                     conditional=bool(classes), micro_batch=micro, objective=obj, batch=bp)

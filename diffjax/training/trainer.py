@@ -103,7 +103,7 @@ def _train(config, workdir, callbacks, bar, t_start) -> dict:
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=config.checkpoint.keep,
                                    async_save=config.checkpoint.async_save)
-    accum = int(config.optim.accum_steps)
+    accum = ts.batch.accum_steps
     total_micro = int(config.total_steps) * accum
 
     # ---- resume or init ------------------------------------------------------------------------
