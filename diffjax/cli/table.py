@@ -1,0 +1,55 @@
+"""The command table of the ``diffjax`` CLI: commands, the flags each takes, exit statuses.
+
+Pure data (no jax, no absl flags): ``messages``, ``help`` and the command module read it.
+"""
+from __future__ import annotations
+
+EXIT_OK, EXIT_USER_ERROR, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_PREEMPTED = 75  # = diffjax.training.preemption.EXIT_PREEMPTED (not imported here: it loads jax)
+
+HOSTS = ("coordinator_address", "num_processes", "process_id", "distributed",
+          "compilation_cache_dir")
+DRAW = ("workdir", "num", "sampler", "steps", "spacing", "guidance", "allow_negative_guidance",
+         "params", "checkpoint_step", "seed")
+
+EXIT_STATUS = (f"exit status: {EXIT_OK} done; {EXIT_USER_ERROR} user error (one line on stderr says "
+               f"what is wrong){{}}; {EXIT_INTERRUPTED} stopped at once by Ctrl-C")
+TRAIN_EXIT = (f"; {EXIT_PREEMPTED} preempted (SIGTERM, or the first Ctrl-C while training): the "
+               "checkpoint of that step is saved, rerun the same command to resume; a second "
+               "Ctrl-C stops at once (the last checkpoint written is intact)")
+
+# name -> (one line, usage, the flags it takes)
+COMMANDS = {
+    "train": ("train (or resume) a model from a config file in a run directory",
+              "--config FILE --workdir DIR [--config.KEY=VALUE ...]",
+              ("config", "workdir") + HOSTS),
+    "sample": ("draw samples from a trained run and save them as a PNG grid",
+               "--workdir DIR [--num N --sampler NAME --steps N --guidance W --out PNG]",
+               DRAW + ("out", "npz") + HOSTS),
+    "evaluate": ("sample quality of a trained run: Frechet distance, class accuracy",
+                 "--workdir DIR [--num N --sampler NAME --steps N --guidance W]",
+                 DRAW + HOSTS),
+    "preflight": ("compile a config for a TPU slice (or this machine): memory, FLOPs, fit",
+                  "--config FILE [--topology v5p:4x4x4] [--config.KEY=VALUE ...]",
+                  ("config", "topology", "json", "skip_sampler")),
+}
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-helpshort", "-?")
+METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sampler": "NAME",
+            "spacing": "NAME", "guidance": "W", "params": "NAME", "checkpoint_step": "STEP",
+            "seed": "N", "out": "PNG", "npz": "FILE", "coordinator_address": "HOST:PORT",
+            "num_processes": "N", "process_id": "I", "compilation_cache_dir": "DIR",
+            "topology": "SLICE", "json": "FILE"}
+
+
+# Every flag the CLI defines; each command takes the ones listed in COMMANDS. absl's own flags
+# (--verbosity, --log_dir, --flagfile, ...) are accepted by every command.
+OUR_FLAGS = tuple(dict.fromkeys(n for _, _, names in COMMANDS.values() for n in names))
+
+
+class CommandError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class DoesNotFit(Exception):
+    """preflight: the config does not fit (or compile) on the target; the message says what to change."""
+
