@@ -6,8 +6,9 @@ and one warm call, and then waits. The harness then asks A (diffjax) and B (diff
 ``iters`` calls each, ``reps`` times: A B A B ... Throughput is images/s per call batch; the ratio is
 computed per repetition from the adjacent A and B runs and the median over repetitions is reported.
 Nothing here imports jax or torch: the diffjax worker runs under this interpreter
-(``python -m bench.diffjax_side``), the peer under ``BENCH_PEER_PYTHON`` (default
-/work/peer-venv/bin/python).
+(``python -m bench.diffjax_side``), the peer under the interpreter that the environment variable
+``BENCH_PEER_PYTHON`` names (a virtualenv with ``spec.PEER_REQUIREMENTS``; ``make_peer_env`` creates
+one). There is no default: without it only ``--no-peer`` runs.
 """
 from __future__ import annotations
 
@@ -17,22 +18,61 @@ import platform
 import statistics
 import subprocess
 import sys
-import time
 
-from bench import worker_io
+from bench import spec, worker_io
 from diffjax import runtime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_PEER_PYTHON = "/work/peer-venv/bin/python"
+PEER_ENV = "BENCH_PEER_PYTHON"
 THREADS = 2
 
 
-def peer_python() -> str:
-    return os.environ.get("BENCH_PEER_PYTHON", DEFAULT_PEER_PYTHON)
+class PeerMissing(RuntimeError):
+    """The peer interpreter is not set or does not exist (the message says how to make one)."""
+
+
+def peer_python() -> str | None:
+    """The peer's interpreter, from ``BENCH_PEER_PYTHON`` (None when unset)."""
+    return os.environ.get(PEER_ENV) or None
 
 
 def peer_available() -> bool:
-    return os.path.exists(peer_python())
+    path = peer_python()
+    return bool(path) and os.path.isfile(path) and os.access(path, os.X_OK)
+
+
+def peer_env_command(venv: str = "DIR") -> str:
+    """The shell command that makes a peer environment in ``venv`` (pinned torch + diffusers)."""
+    return (f"python -m venv {venv} && {venv}/bin/pip install {' '.join(spec.PEER_REQUIREMENTS)} "
+            f"--extra-index-url {spec.PEER_INDEX}")
+
+
+def require_peer() -> str:
+    """The peer's interpreter, or PeerMissing with a one-line message naming the variable."""
+    path = peer_python()
+    if peer_available():
+        return path
+    what = (f"{PEER_ENV} is not set" if path is None else
+            f"{PEER_ENV}={path} is not an executable file")
+    raise PeerMissing(f"{what}: set it to the python of a virtualenv with "
+                      f"{' and '.join(spec.PEER_REQUIREMENTS)}, made by `{peer_env_command()}` or by "
+                      f"`python -m bench.run --make-peer-env DIR`; or pass --no-peer (diffjax only)")
+
+
+def make_peer_env(venv: str, run=subprocess.run) -> str:
+    """Create the peer virtualenv ``venv`` (venv + pip, pinned ``spec.PEER_REQUIREMENTS``) and
+    return its interpreter, after checking that it imports torch and diffusers."""
+    venv = os.path.abspath(venv)
+    python = os.path.join(venv, "bin", "python")
+    steps = [[sys.executable, "-m", "venv", venv],
+             [python, "-m", "pip", "install", *spec.PEER_REQUIREMENTS, "--extra-index-url",
+              spec.PEER_INDEX],
+             [python, "-c", "import torch, diffusers; print('torch', torch.__version__, "
+                            "'diffusers', diffusers.__version__)"]]
+    for argv in steps:
+        if run(argv).returncode:
+            raise RuntimeError(f"making the peer environment failed at: {' '.join(argv)}")
+    return python
 
 
 def load() -> float:
@@ -185,15 +225,18 @@ def ab(workload: str, dtype: str, reps: int = 5, iters: int = 1, peer: bool = Tr
     """Alternate diffjax (A) and the peer (B) on one workload; medians of images/s and of A/B.
 
     ``sample_steps`` = K > 0 times K steps of each sampler on both sides (images/s extrapolated);
-    ``warm`` = False skips the untimed second call (for very slow configurations).
+    ``warm`` = False skips the untimed second call (for very slow configurations). ``peer`` needs
+    ``BENCH_PEER_PYTHON`` (``PeerMissing`` otherwise).
     """
+    if peer:
+        require_peer()
     extra = []
     if sample_steps and workload != "train":
         extra += ["--sample-steps", str(sample_steps)]
     if not warm:
         extra.append("--no-warm")
     sides = [("diffjax", diffjax_argv(workload, dtype, extra))]
-    if peer and peer_available():
+    if peer:
         sides.append(("diffusers", peer_argv(workload, dtype, extra)))
     workers = {}
     compact_memory()

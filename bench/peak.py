@@ -55,6 +55,11 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--no-peer", action="store_true")
     a = p.parse_args(argv)
+    if not a.no_peer:
+        try:
+            harness.require_peer()
+        except harness.PeerMissing as e:
+            sys.exit(f"bench.peak: error: {e}")
     res = measure(a.n, a.reps, peer=not a.no_peer)
     rows = [("XLA", "float32", res["xla_float32_gflops"]), ("XLA", "bfloat16", res["xla_bfloat16_gflops"])]
     if "torch_float32_gflops" in res:

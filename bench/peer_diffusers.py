@@ -1,8 +1,11 @@
 """The peer side: the matched workloads in PyTorch + diffusers (run with the peer's own interpreter).
 
-    /work/peer-venv/bin/python bench/peer_diffusers.py --workload train --dtype float32   (a worker)
-    /work/peer-venv/bin/python bench/peer_diffusers.py --count-params
-    /work/peer-venv/bin/python bench/peer_diffusers.py --peak
+    $BENCH_PEER_PYTHON bench/peer_diffusers.py --workload train --dtype float32   (a worker)
+    $BENCH_PEER_PYTHON bench/peer_diffusers.py --count-params
+    $BENCH_PEER_PYTHON bench/peer_diffusers.py --peak
+
+BENCH_PEER_PYTHON is the python of a virtualenv with spec.PEER_REQUIREMENTS (pinned torch and
+diffusers; ``python -m bench.run --make-peer-env DIR`` makes one).
 
 Never imported by diffjax: ``bench.harness`` starts it as a subprocess. The model is
 ``UNet2DModel(**spec.DIFFUSERS_UNET)``; training is one AdamW step on the eps-MSE of DDPMScheduler's

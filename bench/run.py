@@ -3,6 +3,10 @@ peer (PyTorch + diffusers), alternated A/B/A/B; prints the table and one JSON su
 
     python -m bench.run [--workloads train,ddim50,ddim50_cfg,dpmpp20] [--dtypes float32,bfloat16]
                         [--reps 5] [--iters 1] [--sample-steps K] [--no-peer] [--out FILE.json]
+    python -m bench.run --make-peer-env DIR      # the peer's virtualenv (pinned torch + diffusers)
+
+The peer runs under the interpreter BENCH_PEER_PYTHON names (e.g. DIR/bin/python); without it the
+run stops with a one-line error unless --no-peer is given.
 
 Measure when the machine is quiet (``uptime``): other processes on this 2-core machine slow both
 sides, the peer's OpenMP threads more than XLA's. The summary line is what BENCHMARKS.md records.
@@ -41,11 +45,27 @@ def parse_args(argv, workloads=spec.WORKLOADS, doc=__doc__):
                         "(glibc untouched), 'auto' (what the diffjax command uses: the first of "
                         "jemalloc/hugetlb that applies)")
     p.add_argument("--out", default="", help="also write all records as JSON here")
+    p.add_argument("--make-peer-env", metavar="DIR", default="",
+                   help="create the peer's virtualenv in DIR (venv + pip: "
+                        f"{' '.join(spec.PEER_REQUIREMENTS)}) and exit; then run with "
+                        f"{harness.PEER_ENV}=DIR/bin/python")
     return p.parse_args(argv)
 
 
 def main(argv=None, workloads=spec.WORKLOADS, doc=__doc__):
     a = parse_args(argv, workloads, doc)
+    if a.make_peer_env:
+        try:
+            python = harness.make_peer_env(a.make_peer_env)
+        except (OSError, RuntimeError) as e:
+            sys.exit(f"bench.run: error: {e}")
+        print(f"peer environment ready: export {harness.PEER_ENV}={python}")
+        return None
+    if not a.no_peer:
+        try:
+            harness.require_peer()
+        except harness.PeerMissing as e:
+            sys.exit(f"bench.run: error: {e}")
     harness.MALLOC = a.malloc
     try:
         harness.worker_env()   # the allocator asked for must exist here (e.g. jemalloc installed)

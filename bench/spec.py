@@ -44,7 +44,12 @@ SAMPLERS = {
 WORKLOADS = ("train",) + tuple(SAMPLERS)
 DTYPES = ("float32", "bfloat16")
 
-PEER_PARAM_COUNT = 6_475_011   # sum(p.numel()) of the UNet2DModel above (torch 2.13.0, diffusers 0.42.1)
+# The peer's environment: a Python with exactly these (BENCH_PEER_PYTHON names its interpreter;
+# ``python -m bench.run --make-peer-env DIR`` makes one). torch's CPU build comes from PEER_INDEX.
+PEER_REQUIREMENTS = ("torch==2.13.0", "diffusers==0.42.1")
+PEER_INDEX = "https://download.pytorch.org/whl/cpu"
+
+PEER_PARAM_COUNT = 6_475_011   # sum(p.numel()) of the UNet2DModel above (the PEER_REQUIREMENTS versions)
 
 
 def diffusers_param_count(in_channels: int = 3, out_channels: int = 3,

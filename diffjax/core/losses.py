@@ -17,7 +17,7 @@ x0 space as functions of snr = alpha^2 / sigma^2 = 1 / sigma_tilde^2:
 Time/noise samplers: 'uniform' in t, 'lognormal' (ln sigma ~ N(P_mean, P_std^2), EDM), 'logit_normal'
 (Esser et al. 2024, flow), or any callable ``sampler(key, batch) -> t`` (e.g. a difficulty curriculum).
 Label dropout trains the null condition for classifier-free guidance; CEP is applied inside models
-(core/conditioning.py) through the 'cep' PRNG stream this loss provides.
+(models/embeddings.py) through the 'cep' PRNG stream this loss provides.
 """
 from __future__ import annotations
 

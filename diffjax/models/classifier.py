@@ -20,9 +20,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax import kernels
 from diffjax.models.embeddings import TimestepEmbedder
-from diffjax.models.layers import attention
-from diffjax.models.unet_blocks import (AttentionBlock, Downsample, ResBlock, conv, group_norm)
+from diffjax.models.unet_blocks import AttentionBlock, Downsample, ResBlock, conv, group_norm
 
 Dtype = Any
 POOLS = ("attention", "mean")
@@ -48,7 +48,7 @@ class AttentionPool(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         qkv = nn.Dense(3 * ch, name="qkv", **kw)(tokens)
         q, k, v = einops.rearrange(qkv, "b l (three h d) -> three b l h d", three=3, h=heads)
-        h = einops.rearrange(attention(q[:, :1], k, v), "b l h d -> b l (h d)")[:, 0]
+        h = einops.rearrange(kernels.attention(q[:, :1], k, v), "b l h d -> b l (h d)")[:, 0]
         return nn.Dense(self.out_features, name="proj", **kw)(h)
 
 

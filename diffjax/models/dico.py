@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models.embeddings import LabelEmbedder, TimestepEmbedder
+from diffjax.models.embeddings import condition_embedding
 from diffjax.models.layers import (AdaLNModulation, modulate, pixel_shuffle, pixel_unshuffle,
                                    plain_layer_norm, xavier, zeros)
 
@@ -94,7 +94,7 @@ class DiCo(nn.Module):
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
                  context: Optional[jax.Array] = None, *, train: bool = False,
                  return_intermediates: bool = False):
-        b, hgt, wid, cin = x.shape
+        _, hgt, wid, cin = x.shape
         if hgt % 4 or wid % 4:
             raise ValueError(f"DiCo needs a resolution divisible by 4, got {(hgt, wid)}")
         if len(self.depths) != 5:
@@ -104,15 +104,8 @@ class DiCo(nn.Module):
         out_ch = (self.out_channels or cin) * (2 if self.learn_sigma else 1)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-        conds = []
-        for k, width in enumerate((C, 2 * C, 4 * C)):
-            c = TimestepEmbedder(width, self.freq_dim, self.noise_embedding, self.noise_label_scale,
-                                 name=f"t_embedder_{k + 1}", **kw)(noise_labels)
-            if self.num_classes > 0:
-                c = c + LabelEmbedder(self.num_classes, width, self.cep_gamma, self.cep_kind,
-                                      name=f"y_embedder_{k + 1}", **kw)(labels, b, train)
-            conds.append(c)
-        c1, c2, c3 = conds
+        c1, c2, c3 = (condition_embedding(self, width, noise_labels, labels, train, suffix=f"_{k + 1}")
+                      for k, width in enumerate((C, 2 * C, 4 * C)))
 
         def stage(h, n, c, name):
             for i in range(n):

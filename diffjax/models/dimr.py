@@ -28,9 +28,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.core.conditioning import cep_perturb
-from diffjax.models.embeddings import resolve_labels
-from diffjax.models.layers import attention, trunc002
+from diffjax import kernels
+from diffjax.models.embeddings import cep_labelled, resolve_labels
+from diffjax.models.layers import trunc002
 from diffjax.models.tdln import TDLayerNorm, TDRMSNorm, td_time
 
 Dtype = Any
@@ -71,7 +71,7 @@ class DiMRBlock(nn.Module):
             qkv = nn.Dense(3 * d, use_bias=False, kernel_init=trunc002, name="qkv", **kw)(h)
             q, k, v = einops.rearrange(qkv, "b l (three h e) -> three b l h e", three=3,
                                        h=self.num_heads)
-            h = einops.rearrange(attention(q, k, v), "b l h e -> b l (h e)")
+            h = einops.rearrange(kernels.attention(q, k, v), "b l h e -> b l (h e)")
             h = nn.Dense(d, kernel_init=trunc002, name="proj", **kw)(h)
         else:
             k = self.kernel_size
@@ -136,8 +136,8 @@ class DiMRBranch(nn.Module):
                 tok = nn.Embed(self.num_classes + 1, d, embedding_init=trunc002, name="class_embed",
                                **kw)(labels)
                 if train and self.cep_gamma > 0:
-                    pert = cep_perturb(self.make_rng("cep"), tok, self.cep_gamma, self.cep_kind)
-                    tok = jnp.where((labels == self.num_classes)[:, None], tok, pert)
+                    tok = cep_labelled(self.make_rng("cep"), tok, labels, self.num_classes,
+                                       self.cep_gamma, self.cep_kind)
                 z = jnp.concatenate([tok[:, None], z], axis=1)
                 n_extra = 1
         grid = lambda t: t[:, n_extra:].reshape(b, h, w, d)

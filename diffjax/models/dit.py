@@ -23,7 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
+from diffjax.models.embeddings import LabelEmbedder, condition_embedding, sincos_2d
 from diffjax.models.layers import (AdaLNModulation, Mlp, SelfAttention, modulate, patchify,
                                    plain_layer_norm, unpatchify, xavier, zeros)
 from diffjax.models.tdln import TDLayerNorm, TDModulation, td_time
@@ -123,19 +123,15 @@ class DiT(nn.Module):
 
         z = nn.Dense(d, kernel_init=xavier, name="x_embedder", **kw)(patchify(x.astype(self.dtype), p))
         z = z + sincos_2d(gh, gw, d).astype(self.dtype)[None]
-        y = None
-        if self.num_classes > 0:
-            y = LabelEmbedder(self.num_classes, d, self.cep_gamma, self.cep_kind, name="y_embedder",
-                              **kw)(labels, b, train)
         c = tau = None
         n_extra = 0
         if self.norm == "adaln_zero":
-            c = TimestepEmbedder(d, self.freq_dim, self.noise_embedding, self.noise_label_scale,
-                                 name="t_embedder", **kw)(noise_labels)
-            c = c if y is None else c + y
+            c = condition_embedding(self, d, noise_labels, labels, train)
         else:
             tau = td_time(noise_labels, self.td_time_scale, self.td_time_shift)
-            if y is not None:
+            if self.num_classes > 0:
+                y = LabelEmbedder(self.num_classes, d, self.cep_gamma, self.cep_kind,
+                                  name="y_embedder", **kw)(labels, b, train)
                 z = jnp.concatenate([y[:, None].astype(self.dtype), z], axis=1)
                 n_extra = 1
 

@@ -1,13 +1,21 @@
-"""Noise-level, class-label and position embeddings shared by every network.
+"""Noise-level, class-label, condition and position embeddings shared by every network; CEP.
 
 Sinusoidal noise embedding (Vaswani et al. 2017; Ho et al. 2020; the DiT/ADM convention):
     f_j = exp(-ln(max_period) j / half),  emb(s) = [cos(s f), sin(s f)],  s = noise_label * scale.
 Random Fourier features (Tancik et al. 2020; Song et al. 2021 NCSN++): fixed f ~ N(0, fourier_scale^2),
     emb(s) = [cos(2 pi s f), sin(2 pi s f)]  (frequencies are a fixed constant, not a parameter).
 Class labels use a table with num_classes + 1 rows; row num_classes is the null class used by
-classifier-free guidance (Ho & Salimans 2022). Training-time CEP (Chen et al. 2024, Eq. 8) perturbs
-non-null class embeddings by ``diffjax.core.conditioning.cep_perturb``; null rows stay clean (our
-choice: the unconditional branch models "no condition", which CEP does not corrupt).
+classifier-free guidance (Ho & Salimans 2022). The condition embedding of DiT, PixArt, DiCo and the
+U-Net is c = t_emb(noise_label) [+ y_emb(label)] (``condition_embedding``).
+
+Condition-embedding perturbation (CEP; Chen et al. 2024, "Slight Corruption in Pre-training Data
+Makes Better Diffusion Models", Eq. 8) adds delta to the condition embedding c(y) during training:
+    CEP-U: delta ~ U(-gamma/sqrt(d), gamma/sqrt(d))^d
+    CEP-G: delta ~ N(0, s^2 I), s = gamma/sqrt(d) ('std', default) or sqrt(gamma/sqrt(d)) ('var').
+The paper prints N(0, gamma/sqrt(d) I); whether that is a variance or a std is not pinned down by
+released code, so both readings are offered. gamma = 1 is the paper's setting for every model. The
+noise comes from the 'cep' PRNG stream (the training loss provides it). Null-class rows stay clean
+(our choice: the unconditional branch models "no condition", which CEP does not corrupt).
 """
 from __future__ import annotations
 
@@ -19,11 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.core.conditioning import cep_perturb
 from diffjax.models.layers import normal002
 
 Dtype = Any
 NOISE_EMBEDDINGS = ("positional", "fourier")
+CEP_KINDS = ("uniform", "gaussian")
+# The fields of DiT, PixArt, DiCo and UNet that ``condition_embedding`` reads.
+CONDITION_FIELDS = ("num_classes", "freq_dim", "noise_embedding", "noise_label_scale", "cep_gamma",
+                    "cep_kind", "kernel_init", "dtype", "param_dtype")
 
 
 def sinusoidal_embedding(s: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -54,6 +65,32 @@ def noise_features(s: jax.Array, dim: int, kind: str = "positional", scale: floa
     if kind == "fourier":
         return fourier_embedding(s, dim)
     raise ValueError(f"unknown noise embedding {kind!r}; expected one of {NOISE_EMBEDDINGS}")
+
+
+def cep_perturb(key: jax.Array, emb: jax.Array, gamma: float | jax.Array, kind: str = "uniform",
+                gaussian_scale: str = "std") -> jax.Array:
+    """CEP: emb + delta with delta drawn per element as in Chen et al. 2024, Eq. 8.
+
+    ``emb`` has shape (..., d); d = emb.shape[-1] sets the gamma/sqrt(d) scale.
+    """
+    if kind not in CEP_KINDS:
+        raise ValueError(f"unknown CEP kind {kind!r}; expected one of {CEP_KINDS}")
+    if gaussian_scale not in ("std", "var"):
+        raise ValueError(f"gaussian_scale must be 'std' or 'var', got {gaussian_scale!r}")
+    d = emb.shape[-1]
+    bound = jnp.asarray(gamma, jnp.float32) / jnp.sqrt(jnp.float32(d))
+    if kind == "uniform":
+        delta = jax.random.uniform(key, emb.shape, jnp.float32, -1.0, 1.0) * bound
+    else:
+        scale = bound if gaussian_scale == "std" else jnp.sqrt(bound)
+        delta = jax.random.normal(key, emb.shape, jnp.float32) * scale
+    return emb + delta.astype(emb.dtype)
+
+
+def cep_labelled(key: jax.Array, emb: jax.Array, labels: jax.Array, null_id: int,
+                 gamma: float | jax.Array, kind: str = "uniform") -> jax.Array:
+    """CEP on the rows of emb (B, d) whose label is not the null class ``null_id``."""
+    return jnp.where((labels == null_id)[:, None], emb, cep_perturb(key, emb, gamma, kind))
 
 
 class TimestepEmbedder(nn.Module):
@@ -105,9 +142,34 @@ class LabelEmbedder(nn.Module):
         emb = nn.Embed(self.num_classes + 1, self.features, embedding_init=normal002, dtype=self.dtype,
                        param_dtype=self.param_dtype, name="table")(labels)
         if train and self.cep_gamma > 0:
-            perturbed = cep_perturb(self.make_rng("cep"), emb, self.cep_gamma, self.cep_kind)
-            emb = jnp.where((labels == self.num_classes)[:, None], emb, perturbed)
+            emb = cep_labelled(self.make_rng("cep"), emb, labels, self.num_classes, self.cep_gamma,
+                               self.cep_kind)
         return emb
+
+
+def condition_embedding(model: nn.Module, features: int, noise_labels: jax.Array,
+                        labels: Optional[jax.Array], train: bool = False, *, suffix: str = "",
+                        names: tuple = ("t_embedder", "y_embedder"), **fields) -> jax.Array:
+    """c = t_emb(noise_labels) + y_emb(labels) (B, features), y_emb only when num_classes > 0 (CEP
+    on it in training): the condition of DiT (adaLN-Zero), PixArt, DiCo and the U-Net.
+
+    Call it inside ``model``'s ``nn.compact`` method: the ``TimestepEmbedder`` and ``LabelEmbedder``
+    become ``model``'s own children, named ``names`` + ``suffix`` (params t_embedder/fc1, fc2 and
+    y_embedder/table). Their settings are ``model``'s fields named in ``CONDITION_FIELDS``, or
+    ``fields`` where given (kernel_init defaults to N(0, 0.02^2), the DiT init).
+    """
+    f = {"kernel_init": normal002}
+    f.update({k: getattr(model, k) for k in CONDITION_FIELDS if hasattr(model, k)}, **fields)
+    if set(f) != set(CONDITION_FIELDS):
+        raise TypeError(f"condition_embedding: fields {sorted(set(f) ^ set(CONDITION_FIELDS))} "
+                        f"unknown or missing")
+    kw = dict(dtype=f["dtype"], param_dtype=f["param_dtype"])
+    c = TimestepEmbedder(features, f["freq_dim"], f["noise_embedding"], f["noise_label_scale"],
+                         f["kernel_init"], name=names[0] + suffix, **kw)(noise_labels)
+    if f["num_classes"] > 0:
+        c = c + LabelEmbedder(f["num_classes"], features, f["cep_gamma"], f["cep_kind"],
+                              name=names[1] + suffix, **kw)(labels, c.shape[0], train)
+    return c
 
 
 def sincos_1d(pos: np.ndarray, dim: int) -> np.ndarray:

@@ -21,8 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.core.conditioning import cep_perturb
-from diffjax.models.embeddings import LabelEmbedder, TimestepEmbedder, sincos_2d
+from diffjax.models.embeddings import cep_perturb, condition_embedding, sincos_2d
 from diffjax.models.layers import (CrossAttention, Mlp, SelfAttention, modulate, normal002,
                                    patchify, plain_layer_norm, unpatchify, xavier, zeros)
 
@@ -111,11 +110,7 @@ class PixArt(nn.Module):
 
         z = nn.Dense(d, kernel_init=xavier, name="x_embedder", **kw)(patchify(x.astype(self.dtype), p))
         z = z + sincos_2d(gh, gw, d, self.pe_scale).astype(self.dtype)[None]
-        t = TimestepEmbedder(d, self.freq_dim, self.noise_embedding, self.noise_label_scale,
-                             name="t_embedder", **kw)(noise_labels)
-        if self.num_classes > 0:
-            t = t + LabelEmbedder(self.num_classes, d, self.cep_gamma, self.cep_kind,
-                                  name="y_embedder", **kw)(labels, b, train)
+        t = condition_embedding(self, d, noise_labels, labels, train)
         t0 = nn.Dense(6 * d, kernel_init=normal002, name="t_block", **kw)(nn.silu(t))
 
         null = context is None

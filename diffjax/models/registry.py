@@ -38,8 +38,6 @@ MODELS: Dict[str, type] = {
 }
 META_KEYS = ("name", "input_shape")
 DTYPE_FIELDS = ("dtype", "param_dtype")
-# Models whose __call__ takes (x, noise_labels, labels, ...); the others are classifiers.
-DENOISERS = ("unet", "unet1d", "dit", "pixart", "dico", "dimr")
 
 
 def list_models():

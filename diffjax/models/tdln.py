@@ -54,7 +54,6 @@ class TDLayerNorm(nn.Module):
     """LN_tau(x) = weight(tau) * (x - mean) / sqrt(var + eps) + bias(tau); x (B, ..., D), tau (B,)."""
 
     eps: float = 1e-6
-    use_bias: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -66,9 +65,7 @@ class TDLayerNorm(nn.Module):
         var = jnp.square(xf - mean).mean(-1, keepdims=True)
         y = (xf - mean) * jax.lax.rsqrt(var + self.eps)
         y = y * expand_like(TimeDependentParameter((d,), 1.0, self.param_dtype, name="weight")(tau), y)
-        if self.use_bias:
-            bias = TimeDependentParameter((d,), 0.0, self.param_dtype, name="bias")(tau)
-            y = y + expand_like(bias, y)
+        y = y + expand_like(TimeDependentParameter((d,), 0.0, self.param_dtype, name="bias")(tau), y)
         return y.astype(self.dtype)
 
 
@@ -90,17 +87,14 @@ class TDRMSNorm(nn.Module):
 
 
 class TDModulation(nn.Module):
-    """TD-LN replacement for adaLN-Zero: returns (norm_fn, gate) with gate(tau) (B, D), init 0."""
+    """TD-LN replacement for adaLN-Zero: returns (TDLN(x), gate) with gate(tau) (B, D), init 0."""
 
     eps: float = 1e-6
-    gated: bool = True
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, tau: jax.Array):
         y = TDLayerNorm(self.eps, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x, tau)
-        if not self.gated:
-            return y, None
         gate = TimeDependentParameter((x.shape[-1],), 0.0, self.param_dtype, name="gate")(tau)
         return y, gate.astype(self.dtype)

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffjax.models.embeddings import LabelEmbedder, TimestepEmbedder
+from diffjax.models.embeddings import condition_embedding
 from diffjax.models.unet_blocks import (AttentionBlock, Downsample, ResBlock, Upsample, conv,
                                         group_norm)
 
@@ -67,7 +67,7 @@ class UNet(nn.Module):
             raise ValueError("UNet has no per-layer shared output head; return_intermediates is "
                              "supported by dit, pixart, dico and dimr")
         self._check_input(x)
-        b, nd, ch = x.shape[0], x.ndim - 2, self.model_channels
+        nd, ch = x.ndim - 2, self.model_channels
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         out_ch = self._out_channels(x.shape[-1])
         h = x.astype(self.dtype)
@@ -76,12 +76,9 @@ class UNet(nn.Module):
                 mask = jnp.zeros(x.shape[:-1] + (self.mask_channels,), self.dtype)
             h = jnp.concatenate([h, mask.astype(self.dtype)], axis=-1)
 
-        emb = TimestepEmbedder(4 * ch, freq_dim=ch, kind=self.noise_embedding,
-                               scale=self.noise_label_scale, kernel_init=nn.initializers.lecun_normal(),
-                               name="time_embed", **kw)(noise_labels)
-        if self.num_classes > 0:
-            emb = emb + LabelEmbedder(self.num_classes, 4 * ch, self.cep_gamma, self.cep_kind,
-                                      name="label_embed", **kw)(labels, b, train)
+        emb = condition_embedding(self, 4 * ch, noise_labels, labels, train, freq_dim=ch,
+                                  kernel_init=nn.initializers.lecun_normal(),
+                                  names=("time_embed", "label_embed"))
 
         res = lambda c, **a: ResBlock(c, self.dropout, self.use_scale_shift_norm, **a, **kw)
         attn = lambda: AttentionBlock(self.num_heads, self.num_head_channels, **kw)

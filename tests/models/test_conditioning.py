@@ -1,9 +1,13 @@
 """Class conditioning, the null class (CFG), unconditional models, CEP, and PixArt's context path."""
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffjax.models import embeddings
 from tests.models import util
 from tests.models.util import B, DENOISER_PRESETS
 
@@ -82,3 +86,58 @@ def test_pixart_context_path():
                                   f(v0, x, t, y, ctx2, context_mask=mask))
     null = f(v, x, t, y, None)                        # learned null caption
     assert null.shape == x.shape and not _close(null, out)
+
+
+def test_cep_scales():
+    emb = jnp.zeros((4000, 256))
+    u = embeddings.cep_perturb(jax.random.PRNGKey(0), emb, 1.0, "uniform")
+    assert float(jnp.max(jnp.abs(u))) <= 1 / 16 + 1e-7
+    assert abs(float(jnp.std(u)) - (1 / 16) / math.sqrt(3)) < 1e-3
+    g = embeddings.cep_perturb(jax.random.PRNGKey(1), emb, 1.0, "gaussian")
+    assert abs(float(jnp.std(g)) - 1 / 16) < 1e-3
+    gv = embeddings.cep_perturb(jax.random.PRNGKey(1), emb, 1.0, "gaussian", gaussian_scale="var")
+    assert abs(float(jnp.std(gv)) - 0.25) < 3e-3
+    with pytest.raises(ValueError, match="unknown CEP kind"):
+        embeddings.cep_perturb(jax.random.PRNGKey(0), emb, 1.0, "laplace")
+    with pytest.raises(ValueError, match="gaussian_scale"):
+        embeddings.cep_perturb(jax.random.PRNGKey(0), emb, 1.0, "gaussian", gaussian_scale="x")
+
+
+def test_cep_leaves_null_rows_clean():
+    emb = jnp.ones((4, 8))
+    out = embeddings.cep_labelled(jax.random.PRNGKey(0), emb, jnp.array([0, NULL, 3, NULL]), NULL, 1.0)
+    np.testing.assert_array_equal(out[1], emb[1])
+    np.testing.assert_array_equal(out[3], emb[3])
+    assert not jnp.allclose(out[0], emb[0]) and not jnp.allclose(out[2], emb[2])
+
+
+def test_models_do_not_import_core():
+    """The networks own their conditioning (CEP included): diffjax.models needs nothing of core."""
+    import subprocess
+    import sys
+    code = ("import sys, diffjax.models.registry; "
+            "print(sorted(m for m in sys.modules if m.startswith('diffjax.core')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
+def test_condition_embedding_reads_the_model_fields_and_rejects_unknown_ones():
+    from diffjax.models.dit import DiT
+
+    class Net(DiT):   # DiT's conditioning fields; only the condition embedding
+        extra: dict = None
+
+        @nn.compact
+        def __call__(self, t, y):
+            return embeddings.condition_embedding(self, 8, t, y, **(self.extra or {}))
+
+    t, y = jnp.array([1.0, 2.0]), jnp.array([0, 3])
+    v = Net(num_classes=3, freq_dim=16).init(jax.random.key(0), t, y)["params"]
+    assert set(v) == {"t_embedder", "y_embedder"} and v["t_embedder"]["fc1"]["kernel"].shape == (16, 8)
+    assert v["y_embedder"]["table"]["embedding"].shape == (4, 8)
+    assert set(Net(num_classes=0).init(jax.random.key(0), t, y)["params"]) == {"t_embedder"}
+    v = Net(extra=dict(freq_dim=4)).init(jax.random.key(0), t, y)["params"]
+    assert v["t_embedder"]["fc1"]["kernel"].shape == (4, 8)
+    with pytest.raises(TypeError, match="fields.*freq_dims"):
+        Net(extra=dict(freq_dims=4)).init(jax.random.key(0), t, y)
