@@ -126,9 +126,25 @@ def cpu_malloc_env(environ: Mapping[str, str], thp: Optional[str] = None,
     return hugetlb_env(environ)
 
 
+ACCELERATOR_DEVICES = ("accel0", "vfio", "nvidia0", "nvidiactl", "kfd")   # TPU, TPU v5+, CUDA, ROCm
+
+
+def cpu_backend(environ: Mapping[str, str], dev: str = "/dev") -> bool:
+    """Whether JAX will compute on the CPU, decided without importing it: ``JAX_PLATFORMS`` when
+    set (its first entry), else no TPU or GPU device file under ``dev``."""
+    platforms = environ.get("JAX_PLATFORMS", "").strip()
+    if platforms:
+        return platforms.split(",")[0].strip().lower() == "cpu"
+    return not any(os.path.exists(os.path.join(dev, name)) for name in ACCELERATOR_DEVICES)
+
+
 def maybe_reexec(module: str, argv: Sequence[str]) -> None:
     """Re-run ``python -m module argv[1:]`` with ``cpu_malloc_env`` if it changes anything; returns
-    only when it does not (or when exec fails, in which case the process goes on untuned)."""
+    only when it does not (or when exec fails, in which case the process goes on untuned). The
+    automatic choice ('auto') applies only where JAX computes on the CPU (``cpu_backend``): on a
+    TPU or GPU host XLA's device buffers are not malloc'd and the host allocator is left alone."""
+    if allocator_choice(os.environ) == "auto" and not cpu_backend(os.environ):
+        return
     env = cpu_malloc_env(os.environ)
     if env is None:
         return

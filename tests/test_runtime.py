@@ -173,3 +173,12 @@ def test_bench_run_names_an_allocator_that_is_not_installed(monkeypatch):
     monkeypatch.setattr(runtime, "_linux_glibc", lambda: True)
     with pytest.raises(SystemExit, match="--malloc jemalloc: DIFFJAX_MALLOC=jemalloc but no libjemalloc"):
         run.main(["--malloc", "jemalloc", "--workloads", "train", "--no-peer"])
+
+
+def test_allocator_reexec_only_where_jax_computes_on_the_cpu(tmp_path):
+    assert runtime.cpu_backend({"JAX_PLATFORMS": "cpu"}, dev=str(tmp_path))
+    assert not runtime.cpu_backend({"JAX_PLATFORMS": "tpu,cpu"}, dev=str(tmp_path))
+    assert runtime.cpu_backend({}, dev=str(tmp_path))               # no accelerator device files
+    (tmp_path / "nvidia0").write_text("")
+    assert not runtime.cpu_backend({}, dev=str(tmp_path))           # a GPU host
+    assert runtime.cpu_backend({"JAX_PLATFORMS": "cpu"}, dev=str(tmp_path))   # told to use the CPU
