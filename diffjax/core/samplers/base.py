@@ -4,7 +4,10 @@ A sampler is a step function
     step(state, sigma_cur, sigma_next, D, noise, knobs) -> state
 over the EDM frame (x = x0 + sigma eps; see core/denoisers.py), where D(x, sigma) is the denoiser
 with its condition bound, ``noise`` is an explicit standard-normal array shaped like x (ignored by
-deterministic samplers) and ``knobs`` holds traced scalars (eta, churn, ...). The driver ``run`` scans
+deterministic samplers) and ``knobs`` holds traced scalars (eta, churn, ...) plus ``num_steps`` (N, the
+grid's number of steps, static) and ``solver_steps`` (S, traced: the steps ending at sigma > 0, so
+N - 1 on a grid ending at 0 and N otherwise; multistep solvers lower their order on the last solver
+steps, not on the step into sigma = 0, which only returns x0_hat). The driver ``run`` scans
 the step over a grid from core/timesteps.py: only the shapes and the number of steps are static, so
 changing a knob, the sigma range or the seed never recompiles a jitted caller. Per-step noise for
 example b at step i is N(0, I) drawn from fold_in(keys[b], i + 1) (the prior uses fold_in(keys[b],
@@ -102,6 +105,7 @@ def run(sampler: Sampler, denoiser: Callable, x_init: jax.Array, sigmas: jax.Arr
     sigmas = jnp.asarray(sigmas, jnp.float32)
     n = sigmas.shape[0] - 1
     kn = sampler.knobs(n, **knobs)
+    kn["solver_steps"] = jnp.int32(n) - (sigmas[-1] == 0).astype(jnp.int32)
     x_init = jnp.asarray(x_init)
     if x_init.ndim < 1:
         raise ValueError("x_init must have a batch dimension")

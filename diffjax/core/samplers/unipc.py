@@ -8,8 +8,20 @@ r_k = (lambda_{s_k} - lambda_{s0}) / h for earlier points s_k, D_k = (m_k - m0) 
     base = (sigma_t/sigma_s0) x_s0 - phi_1 m0
 UniP-p (predictor): x_t = base - B(h) sum_k rho^p_k D_k, rho^p = R[:-1,:-1]^{-1} b[:-1] (1/2 for p=2)
 UniC-p (corrector): x_t^c = base - B(h) (sum_k rho^c_k D_k + rho^c_p (m_t - m0)), rho^c = R^{-1} b
-The corrector reuses m_t = D(x_t, t), the evaluation the next predictor needs, so NFE = steps. The
-step into sigma = 0 is first order; with fewer than 15 steps the final orders are lowered.
+The corrector reuses m_t = D(x_t, t), the evaluation the next predictor needs, so NFE = steps; the
+corrector of step i uses the order of predictor i - 1 (UniC-p after UniP-p, as in the official
+``multistep_uni_pc_bh_update`` and diffusers' ``this_order``).
+
+Order schedule: the same rule as DPM-Solver++ (``dpm_solver.step_order``): on a grid ending at
+sigma = 0 the step into 0 is first order (it returns x0_hat = D(x, sigma_min); the corrector applied
+at sigma_min just before it does not change that output) and the S = N - 1 steps before it are the
+solver steps. ``lower_order_final`` (knob, default on) caps the k-th last solver step at order k at
+every step count, as the official UniPC (wl-zhao/UniPC ``UniPC.sample``: ``if lower_order_final:
+step_order = min(order, steps + 1 - step)``, no step-count condition) and diffusers'
+UniPCMultistepScheduler (``min(solver_order, len(timesteps) - step_index)``) do. diffusers counts the
+step into sigma = 0 as the last one (final_sigmas_type="zero"), so on such a grid it lowers one
+step later than the official code and this module: UniPC-2 never lowers the step into sigma_min,
+UniPC-3 caps it at 2 (diffusers = this module with ``lower_order_final=False`` for UniPC-2).
 """
 from __future__ import annotations
 
@@ -19,6 +31,8 @@ import jax.numpy as jnp
 
 from diffjax.core.samplers.base import Sampler, SamplerState, push
 from diffjax.core.samplers.dpm_solver import step_order
+
+LOWER_ORDER_FINAL_BELOW = math.inf   # official UniPC and diffusers: at every step count
 
 
 def _coeffs(rks, hh):
@@ -72,7 +86,8 @@ def _make(order):
                 for p in range(1, order + 1)]
         x = jnp.where(state.i > 0, _select(prev_order, corr), state.x)
         hist, sig = push(state, m, sigma)
-        o = step_order(state.i, knobs["num_steps"], order, sigma_next, lower_order_final_below=15)
+        o = step_order(state.i, knobs["solver_steps"], order, sigma_next, knobs["lower_order_final"],
+                       below=LOWER_ORDER_FINAL_BELOW)
         pred = [_update(x, sigma, sigma_next, hist[0], hist[1:], sig[1:], p)
                 for p in range(1, order + 1)]
         x_next = _select(o, pred)
@@ -86,5 +101,6 @@ def _init_aux(x):
     return (x, jnp.int32(1))
 
 
-UNIPC = Sampler(name="unipc", step=_make(2), history=2, init_aux=_init_aux)
-UNIPC_3 = Sampler(name="unipc_3", step=_make(3), history=3, init_aux=_init_aux)
+_KNOBS = (("lower_order_final", 1.0),)
+UNIPC = Sampler(name="unipc", step=_make(2), history=2, init_aux=_init_aux, defaults=_KNOBS)
+UNIPC_3 = Sampler(name="unipc_3", step=_make(3), history=3, init_aux=_init_aux, defaults=_KNOBS)
