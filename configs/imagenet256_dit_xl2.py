@@ -47,13 +47,13 @@ def get_config(arg=None):
     c.sample.sampler = "ddim"
     c.sample.steps = 50
     c.sample.spacing = "trailing"
-    c.sample.guidance = 4.0
+    c.sample.guidance.scale = 4.0
     c.sample.params = "decay_0.9999"
     c.eval.every = 0
     c.eval.at_end = False
     c.eval.num_samples = 10_000
     c.eval.sampler = "ddim"
     c.eval.steps = 50
-    c.eval.guidance = 1.5
+    c.eval.guidance.scale = 1.5
     c.eval.classifier = "classifier_small"
     return c

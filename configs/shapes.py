@@ -25,11 +25,11 @@ def get_config(arg=None):
     c.sample.num = 96
     c.sample.sampler = "dpmpp_2m"
     c.sample.steps = 12
-    c.sample.guidance = 2.0
+    c.sample.guidance.scale = 2.0
     c.eval.num_samples = 480
     c.eval.sampler = "dpmpp_2m"
     c.eval.steps = 12
-    c.eval.guidance = 2.0
+    c.eval.guidance.scale = 2.0
     c.eval.classifier = "classifier_small"
     c.eval.classifier_steps = 500
     return c

@@ -9,7 +9,7 @@ diffjax.cli train``) unless ``--workdir`` already holds checkpoints, then, for e
 number of steps, draws ``--num`` guided samples on the run's Karras grid and scores them as
 ``diffjax evaluate`` does (diffjax/training/evaluation.py): class accuracy of the run's evaluation
 classifier and the Frechet distance in its feature space against the first max(num, 1000) real
-digits. Samples are drawn exactly as ``sampling.generate`` draws them (example i uses
+digits. Samples are drawn exactly as ``inference.generate`` draws them (example i uses
 fold_in(key(seed), i), batches of config.sample.batch_size, output clipped to [-1, 1]), so with the
 default seed 1234 a row equals ``diffjax evaluate --num NUM --sampler S --steps N --guidance G``.
 
@@ -51,9 +51,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax import guidance as guidance_lib
+from diffjax import inference
 from diffjax.core import denoisers, samplers, timesteps
-from diffjax.guidance import cfg as cfg_guidance
-from diffjax.training import evaluation, sampling
+from diffjax.training import evaluation
 
 SAMPLERS = ["euler", "ddim", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "unipc_3"]
 MULTISTEP = ("dpmpp_2m", "dpmpp_3m", "unipc", "unipc_3")
@@ -70,40 +71,20 @@ def ensure_trained(workdir: str, config: str):
                     "--workdir", workdir], check=True)
 
 
-@functools.lru_cache(maxsize=None)
-def _sampler_fn(den, process, spacing: str, example_shape: tuple, null_label: int, name: str,
-                steps: int, batch: int, guided: bool, knob_names: tuple):
-    sig = timesteps.sigmas(process, steps, spacing)
-
-    def fn(params, key, labels, guidance, offset, knobs):
-        D = denoisers.bind(den, params)
-        if guided:
-            D = cfg_guidance.classifier_free(D, null_label, guidance)
-        out = samplers.sample(name, D, sig, key=key, shape=(batch,) + example_shape,
-                              cond={"label": labels}, batch_offset=offset, process=process,
-                              **dict(zip(knob_names, knobs)))
-        return out.x, out.nfe
-
-    return jax.jit(fn)
+def nfe_of(name: str, sigmas, process) -> int:
+    """Network evaluations per sample of sampler ``name`` on the grid (a constant denoiser)."""
+    out = samplers.sample(name, lambda x, s, c: jnp.zeros_like(x), sigmas,
+                          keys=samplers.example_keys(jax.random.key(0), 1), shape=(1, 1),
+                          process=process)
+    return int(out.nfe)
 
 
 def generate(run, name: str, steps: int, guidance: float, num: int, seed: int, **knobs):
-    """``sampling.generate`` with sampler knobs: (samples in [-1, 1], NFE per sample)."""
-    params = sampling.pick_params(run.params, run.config.sample.params)
-    batch = int(run.config.sample.get("batch_size", 100))
-    labels = sampling.default_labels(num, run.num_classes)
-    key = jax.random.key(seed)
-    names = tuple(sorted(knobs))
-    vals = tuple(jnp.float32(knobs[k]) for k in names)
-    out, nfe = [], 0
-    for start in range(0, num, batch):
-        b = min(batch, num - start)
-        fn = _sampler_fn(run.den, run.process, run.config.sample.spacing, tuple(run.example_shape),
-                         run.num_classes, name, int(steps), b, guidance != 1, names)
-        x, nfe = fn(params, key, jnp.asarray(labels[start:start + b]), jnp.float32(guidance),
-                    jnp.int32(start), vals)
-        out.append(np.asarray(x))
-    return np.clip(np.concatenate(out), -1.0, 1.0), int(nfe), labels
+    """``inference.generate`` with sampler knobs: (samples in [-1, 1], NFE per sample, labels)."""
+    x = inference.generate(run, num, sampler=name, steps=int(steps), guidance=guidance, seed=seed,
+                           knobs=knobs)
+    sig = timesteps.sigmas(run.process, int(steps), run.config.sample.spacing)
+    return x, nfe_of(name, sig, run.process), inference.default_labels(num, run.num_classes)
 
 
 class Scorer:
@@ -199,10 +180,11 @@ def _read(f):
 
 @functools.lru_cache(maxsize=None)
 def _guided_fn(den, null_label: int, guided: bool):
+    static = guidance_lib.split(guidance_lib.resolve(3.0 if guided else 1.0))[0]
+    ctx = guidance_lib.Context(null_label=null_label)
+
     def fn(params, x, sigma, labels, guidance):
-        D = denoisers.bind(den, params)
-        if guided:
-            D = cfg_guidance.classifier_free(D, null_label, guidance)
+        D = guidance_lib.apply(denoisers.bind(den, params), static, {"scale": guidance}, ctx)
         return D(x, jnp.full((x.shape[0],), sigma, jnp.float32), {"label": labels})
 
     return jax.jit(fn)
@@ -212,9 +194,9 @@ def generate_diffusers(peer_python: str, run, name: str, steps: int, guidance: f
                        seed: int):
     """diffusers' scheduler for ``name`` driven with this run's guided denoiser: (x, NFE, labels)."""
     cls, config, frame = DIFFUSERS[name]
-    params = sampling.pick_params(run.params, run.config.sample.params)
+    params = inference.pick_params(run.params, run.config.sample.params)
     batch = int(run.config.sample.get("batch_size", 100))
-    labels = sampling.default_labels(num, run.num_classes)
+    labels = inference.default_labels(num, run.num_classes)
     keys = samplers.example_keys(jax.random.key(seed), num)
     z = np.asarray(samplers.prior_noise(keys, tuple(run.example_shape)))   # x_T = sigma_max z
     grid = np.asarray(timesteps.sigmas(run.process, steps, run.config.sample.spacing), np.float64)
@@ -344,7 +326,7 @@ def main():
     for s in args.samplers:
         samplers.get(s)
     ensure_trained(args.workdir, args.config)
-    run = sampling.load(args.workdir)
+    run = inference.load(args.workdir)
     if not run.num_classes:
         raise SystemExit(f"{args.workdir} is not a class-conditional run: no class accuracy")
     score = Scorer(run, args.workdir, args.num)

@@ -50,6 +50,8 @@ def test_flags_commands_and_arguments_are_checked(tmp_path):
     p = run_cli("trian", "--workdir", w)
     assert_error(p, None, "unknown command 'trian' (did you mean train?)", "usage: diffjax",
                  only_line=True)
+    p = run_cli("train", *DIGITS, "--workdir", w, "--guidance.scale", "3")
+    assert_error(p, "train", "--guidance.scale: not a flag of diffjax train", only_line=True)
     p = run_cli("sample", "extra", "--workdir", w)
     assert_error(p, "sample", "unexpected argument(s) 'extra'", only_line=True)
 
@@ -62,6 +64,14 @@ def test_flags_commands_and_arguments_are_checked(tmp_path):
     ("sample", ["--guidance", "-1"], "--guidance -1 is negative, which reverses the condition"),
     ("evaluate", ["--guidance", "-0.5"], "pass --allow_negative_guidance"),
     ("sample", ["--guidance", "nan"], "--guidance must be a finite number"),
+    ("sample", ["--guidance", "cfgg"], "--guidance.name: unknown guidance method 'cfgg'; the "
+                                       "registered ones are classifier_free, none"),
+    ("sample", ["--guidance", "classifier_free", "--guidance.eta=1"],
+     "--guidance: guidance method 'classifier_free' has no field(s) eta; its fields: "
+     "--guidance.scale"),
+    ("evaluate", ["--guidance.scale", "-2"], "--guidance.scale -2 is negative"),
+    ("sample", ["--guidance.scale=inf"], "--guidance.scale must be a finite number"),
+    ("sample", ["--guidance.scale"], "--guidance.scale needs a value"),
     ("sample", ["--sampler", "eulerr"], "--sampler: unknown sampler 'eulerr'; expected one of ddim"),
     ("evaluate", ["--spacing", "cosine"], "--spacing: unknown spacing 'cosine'; expected one of"),
     ("sample", ["--checkpoint_step", "-1"], "--checkpoint_step must be >= 0"),

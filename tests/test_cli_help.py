@@ -11,7 +11,7 @@ COMMANDS = ("train", "sample", "evaluate", "preflight")
 
 
 def _flags_in(text):
-    return set(re.findall(r"^  --(?:\[no\])?(\w+)(?: [A-Z:]+)?$", text, re.M))  # "  --num N"
+    return set(re.findall(r"^  --(?:\[no\])?(\w+)(?: [A-Z:|]+)?$", text, re.M))  # "  --num N"
 
 
 def test_main_help_lists_each_command_on_one_line():
@@ -58,7 +58,13 @@ def test_sample_help_lists_samplers_guidance_and_parameter_sets():
     sampler_help = flags[flags.index("--sampler NAME"):flags.index("--steps N")]
     assert "One of: " + ", ".join(sorted(samplers.SAMPLERS)) + "." in sampler_help
     assert "pfgmpp" in text and "--config.diffusion.process=pfgmpp" in text
-    assert "guidance methods: cfg: classifier-free guidance" in text
+    from diffjax import guidance
+    methods = text[text.index("guidance methods"):text.index("parameter sets (--params)")]
+    assert "classifier_free: classifier-free guidance (Ho & Salimans 2022)" in methods
+    for name, method in guidance.METHODS.items():    # the help is the registry
+        assert f"{name}: {method.help}" in methods
+        for field, default in method.fields:
+            assert f"--guidance.{field} (default {default})" in methods
     assert "0 < w < 1 between" in text and "--allow_negative_guidance" in text
     assert "parameter sets (--params): 'params' (the trained weights)" in text
     assert "power_<std>" in text and "Add --workdir DIR to --help" in text

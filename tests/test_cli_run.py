@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.test_cli import TINY, _json, assert_error
@@ -51,12 +52,14 @@ def test_sample_prints_the_settings_it_used(workdir, sampled):
     p, out = sampled
     res = _json(p.stdout)
     assert res == {"out": out, "num": 4, "sampler": "euler", "steps": 2, "spacing": "uniform",
-                   "guidance": 0.5, "params": "params", "seed": 7, "checkpoint_step": 2}
+                   "guidance": {"name": "classifier_free", "scale": 0.5}, "params": "params",
+                   "seed": 7, "checkpoint_step": 2}
     assert os.path.exists(out)
     lines = [line for line in p.stderr.splitlines() if line.startswith("diffjax sample: ")]
     assert len(lines) == 1, p.stderr[-3000:]
     assert lines[0] == (f"diffjax sample: 4 samples from {workdir[0]} checkpoint step 2, params "
-                        f"params, sampler euler, 2 steps (uniform spacing), guidance 0.5, seed 7 "
+                        f"params, sampler euler, 2 steps (uniform spacing), guidance classifier_free 0.5, "
+                        f"seed 7 "
                         f"-> {out}")
 
 
@@ -75,8 +78,9 @@ def test_evaluate_prints_the_settings_and_takes_opted_in_negative_guidance(workd
     assert p.returncode == 0, p.stderr[-3000:]
     res = _json(p.stdout)
     # the sampler is the run's config.eval.sampler (configs/digits.py: dpmpp_2m), seed evaluate's
-    want = {"num": 20, "sampler": "dpmpp_2m", "steps": 2, "spacing": "karras", "guidance": -0.5,
-            "params": "power_0.1", "seed": 1234, "checkpoint_step": 3}
+    want = {"num": 20, "sampler": "dpmpp_2m", "steps": 2, "spacing": "karras",
+            "guidance": {"name": "classifier_free", "scale": -0.5}, "params": "power_0.1",
+            "seed": 1234, "checkpoint_step": 3}
     assert {k: res[k] for k in want} == want
     assert res["eval/guidance"] == -0.5 and res["eval/steps"] == 2 and res["eval/num_samples"] == 20
     with open(os.path.join(w, "eval.json"), encoding="utf-8") as f:
@@ -84,6 +88,26 @@ def test_evaluate_prints_the_settings_and_takes_opted_in_negative_guidance(workd
     assert {k: saved[k] for k in want} == want
     assert sum(line.startswith("diffjax evaluate: 20 samples from") for line in
                p.stderr.splitlines()) == 1
+
+
+def test_guidance_by_name_and_field_equals_the_bare_number(workdir, tmp_path):
+    """--guidance classifier_free --guidance.scale 2 is --guidance 2; --guidance none is scale 1;
+    --guidance.scale alone keeps the run's method."""
+    w, _ = workdir
+    outs = {}
+    for name, args in (("number", ["--guidance", "2"]),
+                       ("named", ["--guidance", "classifier_free", "--guidance.scale=2"]),
+                       ("field", ["--guidance.scale", "2"]), ("none", ["--guidance", "none"]),
+                       ("one", ["--guidance", "1"])):
+        npz = str(tmp_path / f"{name}.npz")
+        p = run_cli("sample", "--workdir", w, "--num", "3", "--steps", "2", "--npz", npz,
+                    "--out", str(tmp_path / f"{name}.png"), *args)
+        assert p.returncode == 0, p.stderr[-3000:]
+        outs[name] = np.load(npz)["x"]
+    np.testing.assert_array_equal(outs["number"], outs["named"])
+    np.testing.assert_array_equal(outs["number"], outs["field"])
+    np.testing.assert_array_equal(outs["none"], outs["one"])
+    assert not np.array_equal(outs["number"], outs["none"])   # (a 3-step model: close, not equal)
 
 
 def test_a_checkpoint_step_that_was_not_saved_lists_those_that_were(workdir):

@@ -3,6 +3,7 @@
     diffjax train    --config configs/digits.py --workdir DIR [--config.key=value ...]
     diffjax sample   --workdir DIR --num 100 --sampler heun --steps 18 --guidance 2 --out grid.png
     diffjax evaluate --workdir DIR [--num 500 --sampler heun --steps 18 --guidance 2]
+    diffjax sample   --workdir DIR --guidance NAME --guidance.scale W --guidance.FIELD V ...
     diffjax preflight --config configs/imagenet256_dit_xl2.py --topology v5p:4x4x4 [--config.x=y]
     diffjax COMMAND --help      that command's flags only, with the valid samplers, guidance
                                 methods and parameter sets (those of the run with --workdir DIR)
@@ -22,6 +23,10 @@ listed), 'pfgmpp' on a run that is not PFGM++. A value typed on the command line
 refused, never replaced by a default: ``--num`` and ``--steps`` must be positive, and a negative
 ``--guidance`` (which pushes samples *away* from their class) needs ``--allow_negative_guidance``;
 0 < w < 1 interpolates between the unconditional (0) and conditional (1) model and is allowed.
+Guidance comes from the registry in ``diffjax.guidance``: ``--guidance NAME`` picks a method,
+``--guidance.FIELD V`` sets one of its fields (an unknown method or field is an error listing the
+valid ones), and a bare number ``--guidance W`` is classifier-free guidance with scale W. Fields
+not given keep the run's config.sample.guidance / config.eval.guidance.
 ``sample`` and ``evaluate`` print the settings they used (sampler, steps, spacing, guidance,
 parameter set, checkpoint step, seed, number of samples): one line on stderr, the same keys in the
 JSON they print on stdout.
@@ -66,11 +71,13 @@ _STEPS = flags.DEFINE_integer("steps", None, "Number of sampler steps, >= 1 (def
                               "config.sample.steps / config.eval.steps).")
 _SPACING = flags.DEFINE_string("spacing", None, "Noise-level grid of the sampler steps (default: "
                                "the run's config.sample.spacing).")
-_GUIDANCE = flags.DEFINE_float("guidance", None, "Classifier-free guidance scale w of a "
-                               "class-conditional run: 1 = none (the conditional model), 0 = the "
-                               "unconditional model, 0 < w < 1 between them, w > 1 stronger; "
-                               "negative w needs --allow_negative_guidance (default: the run's "
-                               "config.sample.guidance / config.eval.guidance).")
+_GUIDANCE = flags.DEFINE_string("guidance", None, "Guidance: a method name (listed below) or a "
+                                "number W, classifier-free guidance with scale W of a "
+                                "class-conditional run: 1 = none (the conditional model), 0 = the "
+                                "unconditional model, 0 < w < 1 between them, w > 1 stronger; "
+                                "negative w needs --allow_negative_guidance. --guidance.FIELD V sets "
+                                "a field of the method (e.g. --guidance.scale 3). Default: the "
+                                "run's config.sample.guidance / config.eval.guidance.")
 _ALLOW_NEG = flags.DEFINE_bool("allow_negative_guidance", False, "Accept --guidance < 0, which "
                                "reverses the condition (samples pushed away from their class).")
 _OUT = flags.DEFINE_string("out", None, "Output PNG. Default: WORKDIR/sample.png.")
@@ -100,6 +107,7 @@ def parse_flags(argv):
     """app.run's flags_parser: help, then absl's parsing with every error as one line."""
     help_lib.handle_help(argv)
     cmd = help_lib.command_in(argv[1:])
+    argv = _take_guidance_fields(list(argv), cmd)
     config_flag = flags.FLAGS["config"]
     if hasattr(config_flag, "_sys_argv"):
         config_flag._sys_argv = list(argv)   # overrides come from this argv (main(argv) in-process)
@@ -121,10 +129,38 @@ def parse_flags(argv):
                    f"(diffjax {cmd} --help lists them)")
     allowed = COMMANDS[cmd][2]
     wrong = [n for n in OUR_FLAGS if flags.FLAGS[n].present and n not in allowed]
+    if GUIDANCE_FIELDS and "guidance" not in allowed:
+        wrong += [f"guidance.{f}" for f in GUIDANCE_FIELDS]
     if wrong:
         fail(cmd, f"{', '.join('--' + n for n in wrong)}: not a flag of diffjax {cmd} (its flags: "
                    f"{', '.join('--' + n for n in allowed)})")
     return rest
+
+
+GUIDANCE_FIELDS: dict[str, str] = {}   # --guidance.FIELD V from the command line (as typed)
+
+
+def _take_guidance_fields(argv: list[str], cmd: str | None) -> list[str]:
+    """Remove ``--guidance.FIELD=V`` / ``--guidance.FIELD V`` from argv into GUIDANCE_FIELDS (the
+    fields depend on the method, so they are not absl flags; the registry checks them)."""
+    GUIDANCE_FIELDS.clear()
+    out, i = [argv[0]], 1
+    while i < len(argv):
+        a = argv[i]
+        head = a.lstrip("-")
+        if a.startswith("-") and head.startswith("guidance.") and len(a) - len(head) in (1, 2):
+            name, eq, value = head[len("guidance."):].partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    fail(cmd, f"--guidance.{name} needs a value (--guidance.{name}=V)")
+                value, i = argv[i + 1], i + 1
+            if not name:
+                fail(cmd, "--guidance.: name a field, e.g. --guidance.scale=3")
+            GUIDANCE_FIELDS[name] = value
+        else:
+            out.append(a)
+        i += 1
+    return out
 
 
 # ---- the commands --------------------------------------------------------------------------------
@@ -175,23 +211,46 @@ _SETTING_FLAGS = {"num": _NUM, "sampler": _SAMPLER, "steps": _STEPS, "spacing": 
                   "guidance": _GUIDANCE, "params": _PARAMS, "seed": _SEED}
 
 
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
 def _typed() -> tuple[dict, dict]:
+    """The draw settings typed on the command line (guidance as a partial section) and the flag
+    name of each setting."""
     names = {k: f"--{h.name}" for k, h in _SETTING_FLAGS.items()}
-    return {k: h.value for k, h in _SETTING_FLAGS.items() if h.value is not None}, names
+    typed = {k: h.value for k, h in _SETTING_FLAGS.items() if h.value is not None}
+    g = typed.pop("guidance", None)
+    if g is not None or GUIDANCE_FIELDS:
+        sec = {}
+        if g is not None:
+            w = _number(g)
+            sec = {"name": "classifier_free", "scale": w} if w is not None else {"name": g}
+        typed["guidance"] = {**sec, **GUIDANCE_FIELDS}
+    return typed, names
 
 
 def _check_typed_numbers():
     """The numbers typed for sample / evaluate, checked before jax is even imported (an instant
-    answer); the same rules as sampling.check_setting."""
+    answer); the same rules as the settings' checks."""
     typed, names = _typed()
     for k in ("num", "steps"):
         if k in typed and typed[k] < 1:
             raise CommandError(f"{names[k]} must be a positive integer, got {typed[k]}")
-    g = typed.get("guidance")
+    g = _number(_GUIDANCE.value) if _GUIDANCE.value is not None else None
     if g is not None and not math.isfinite(g):
         raise CommandError(f"--guidance must be a finite number, got {g}")
-    if g is not None and g < 0 and not _ALLOW_NEG.value:
-        raise CommandError(f"--guidance {g:g} is negative, which reverses the condition (samples "
+    scale, flag = g, "--guidance"
+    if "scale" in GUIDANCE_FIELDS:
+        scale, flag = _number(GUIDANCE_FIELDS["scale"]), "--guidance.scale"
+        if scale is None or not math.isfinite(scale):
+            raise CommandError(f"--guidance.scale must be a finite number, got "
+                               f"{GUIDANCE_FIELDS['scale']!r}")
+    if scale is not None and scale < 0 and not _ALLOW_NEG.value:
+        raise CommandError(f"{flag} {scale:g} is negative, which reverses the condition (samples "
                            f"are pushed away from their class); pass --allow_negative_guidance if "
                            f"that is what you want (0 = unconditional, 1 = no guidance)")
     if _CKPT_STEP.value is not None and _CKPT_STEP.value < 0:
@@ -203,27 +262,30 @@ def _typed_settings() -> tuple[dict, dict]:
     flag name of each setting (for messages)."""
     _check_typed_numbers()
     typed, names = _typed()
-    from diffjax.training import sampling
+    from diffjax import inference
 
     for k, v in typed.items():
-        sampling.check_setting(k, v, names[k])
+        inference.check_setting(k, v, names[k])
     return typed, names
 
 
 def _load_run(workdir: str, typed: dict, names: dict):
     """The run of ``workdir``; the typed settings that depend on it (parameter set, PFGM++) are
     checked against its config.json before the checkpoint is restored."""
-    from diffjax.training import sampling
+    from diffjax import inference
 
-    config = sampling.load_config(workdir)
+    config = inference.load_config(workdir)
     for k, v in typed.items():
-        sampling.check_setting(k, v, names[k], config=config)
-    return sampling.load(workdir, step=_CKPT_STEP.value, config=config)
+        inference.check_setting(k, v, names[k], config=config)
+    return inference.load(workdir, step=_CKPT_STEP.value, config=config,
+                          params=typed.get("params", config.sample.params))
 
 
 def _summary_line(cmd: str, workdir: str, st: dict, out: str | None = None) -> str:
-    guidance = ("no guidance (unconditional model)" if st["guidance"] is None
-                else f"guidance {st['guidance']:g}")
+    from diffjax import guidance as guidance_lib
+
+    guidance = ("no guidance" if st["guidance"]["name"] == "none"
+                else f"guidance {guidance_lib.describe(st['guidance'])}")
     line = (f"diffjax {cmd}: {st['num']} samples from {workdir} checkpoint step "
             f"{st['checkpoint_step']}, params {st['params']}, sampler {st['sampler']}, "
             f"{st['steps']} step{'s' if st['steps'] != 1 else ''} ({st['spacing']} spacing), "
@@ -240,22 +302,22 @@ def _say(line: str):
 def cmd_sample():
     workdir = _need_workdir("sample")
     typed, names = _typed_settings()
-    from diffjax.training import sampling
+    from diffjax import inference
 
     run = _load_run(workdir, typed, names)
-    st = sampling.settings(run, "sample", names=names, **typed)
+    st = inference.settings(run, "sample", names=names, **typed)
     out = _OUT.value or os.path.join(workdir, "sample.png")
     _say(_summary_line("sample", workdir, st, out))
     num = st["num"]
-    x = sampling.generate(run, num, sampler=st["sampler"], steps=st["steps"],
-                          guidance=1.0 if st["guidance"] is None else st["guidance"],
-                          seed=st["seed"], params_name=st["params"], spacing=st["spacing"])
+    x = inference.generate(run, num, sampler=st["sampler"], steps=st["steps"],
+                           guidance=st["guidance"], seed=st["seed"], params_name=st["params"],
+                           spacing=st["spacing"])
     ncol = run.num_classes if run.num_classes and num % run.num_classes == 0 else None
-    sampling.save_grid(x, out, ncol=ncol)
+    inference.save_grid(x, out, ncol=ncol)
     result = {"out": out, **st}
     if _NPZ.value:
         import numpy as np
-        np.savez(_NPZ.value, x=x, label=sampling.default_labels(num, run.num_classes))
+        np.savez(_NPZ.value, x=x, label=inference.default_labels(num, run.num_classes))
         result["npz"] = _NPZ.value
     print(json.dumps(result))
 
@@ -263,10 +325,11 @@ def cmd_sample():
 def cmd_evaluate():
     workdir = _need_workdir("evaluate")
     typed, names = _typed_settings()
-    from diffjax.training import evaluation, sampling
+    from diffjax import inference
+    from diffjax.training import evaluation
 
     run = _load_run(workdir, typed, names)
-    st = sampling.settings(run, "eval", names=names, **typed)
+    st = inference.settings(run, "eval", names=names, **typed)
     _say(_summary_line("evaluate", workdir, st))
     res = evaluation.evaluate(run, workdir, num_samples=st["num"], sampler=st["sampler"],
                               steps=st["steps"], guidance=st["guidance"], seed=st["seed"],

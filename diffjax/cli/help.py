@@ -26,11 +26,22 @@ def _spacing_names() -> list[str]:
 
 
 def _guidance_methods() -> dict[str, str]:
-    """Guidance methods the CLI applies, name -> how. One today (classifier-free, scale
-    --guidance); when guidance becomes a registry this is built from it and the help follows."""
-    return {"cfg": "classifier-free guidance (Ho & Salimans 2022) of a class-conditional run, "
-                   "scale --guidance W: 1 = none, 0 = unconditional, 0 < w < 1 between, w > 1 "
-                   "stronger, w < 0 reverses the condition (needs --allow_negative_guidance)"}
+    """The guidance registry, name -> its help and fields (``--guidance NAME --guidance.FIELD V``)."""
+    from diffjax import guidance
+
+    out = {}
+    for name, m in sorted(guidance.METHODS.items()):
+        fields = ", ".join(f"--guidance.{f} (default {d})" for f, d in m.fields)
+        out[name] = m.help + (f"; fields: {fields}" if fields else "")
+    return out
+
+
+def _describe_guidance(value) -> str:
+    try:
+        from diffjax import guidance
+        return guidance.describe(guidance.resolve(value))
+    except ValueError:
+        return str(value)
 
 
 # Flags whose valid values are listed in the help: flag -> function returning them.
@@ -83,6 +94,11 @@ def _flag_lines(names) -> list[str]:
             text += f" [default: {flag.default}]"
         out.append(head)
         out.append(_wrap(text, 6))
+        if name == "guidance":   # the method's fields: not absl flags (they depend on the method)
+            out.append("  --guidance.FIELD V")
+            out.append(_wrap("Set one field of the guidance method (e.g. --guidance.scale 3); the "
+                             "fields of each method are listed below. Fields not given keep the "
+                             "run's default (or the method's, with --guidance NAME).", 6))
     return out
 
 
@@ -105,7 +121,8 @@ def command_help(cmd: str, workdir: str | None = None) -> str:
         lines += ["", "samplers (--sampler):", _wrap(", ".join(_sampler_names()) + ". 'pfgmpp' "
                   "(Heun from the PFGM++ prior) needs a run trained with "
                   "--config.diffusion.process=pfgmpp.", 2)]
-        lines += ["", "guidance methods:"]
+        lines += ["", "guidance methods (--guidance NAME, or --guidance W = classifier_free with "
+                  "scale W):"]
         lines += [_wrap(f"{name}: {how}", 2) for name, how in _guidance_methods().items()]
         lines += ["", "parameter sets (--params):"]
         if run and "error" not in run:
@@ -119,7 +136,7 @@ def command_help(cmd: str, workdir: str | None = None) -> str:
                 f"{', '.join(map(str, run['steps'])) or 'none'}; defaults: "
                 f"{defaults.get('num', defaults.get('num_samples'))} samples, sampler "
                 f"{defaults.get('sampler')}, {defaults.get('steps')} steps, guidance "
-                f"{defaults.get('guidance')}.", 2))
+                f"{_describe_guidance(defaults.get('guidance'))}.", 2))
         else:
             if run:
                 lines.append(_wrap(run["error"] + ".", 2))

@@ -24,10 +24,11 @@ COMMANDS = {
               "--config FILE --workdir DIR [--config.KEY=VALUE ...]",
               ("config", "workdir") + HOSTS),
     "sample": ("draw samples from a trained run and save them as a PNG grid",
-               "--workdir DIR [--num N --sampler NAME --steps N --guidance W --out PNG]",
+               "--workdir DIR [--num N --sampler NAME --steps N --guidance NAME|W --guidance.FIELD V "
+               "--out PNG]",
                DRAW + ("out", "npz") + HOSTS),
     "evaluate": ("sample quality of a trained run: Frechet distance, class accuracy",
-                 "--workdir DIR [--num N --sampler NAME --steps N --guidance W]",
+                 "--workdir DIR [--num N --sampler NAME --steps N --guidance NAME|W]",
                  DRAW + HOSTS),
     "preflight": ("compile a config for a TPU slice (or this machine): memory, FLOPs, fit",
                   "--config FILE [--topology v5p:4x4x4] [--config.KEY=VALUE ...]",
@@ -35,7 +36,7 @@ COMMANDS = {
 }
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-helpshort", "-?")
 METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sampler": "NAME",
-            "spacing": "NAME", "guidance": "W", "params": "NAME", "checkpoint_step": "STEP",
+            "spacing": "NAME", "guidance": "NAME|W", "params": "NAME", "checkpoint_step": "STEP",
             "seed": "N", "out": "PNG", "npz": "FILE", "coordinator_address": "HOST:PORT",
             "num_processes": "N", "process_id": "I", "compilation_cache_dir": "DIR",
             "topology": "SLICE", "json": "FILE"}

@@ -1,2 +1,16 @@
-"""Guidance: functions from denoisers to denoisers (the contract D(x, sigma, cond) -> x0_hat)."""
-from diffjax.guidance.cfg import classifier_free
+"""Guidance: a registry of denoiser transforms D -> D (the contract D(x, sigma, cond) -> x0_hat).
+
+    g = guidance.resolve({'name': 'classifier_free', 'scale': 3.0})     # or 3.0, or 'none'
+    D_guided = guidance.apply(D, g, guidance.Context(null_label=10))     # inside jit
+    D2 = guidance.compose(lambda D: guidance.classifier_free(D, 10, 3.0), my_transform)(D)
+
+A method is registered once (``register(Method(...))``, see registry.py) with its fields and their
+defaults; ``config.sample.guidance`` / ``config.eval.guidance`` are sections {name, scale, the
+method's own fields}, and the CLI takes ``--guidance NAME --guidance.scale W --guidance.FIELD V``
+(``--guidance 3`` = classifier-free guidance with scale 3). Float fields are traced values in the
+sampling program (changing them never recompiles).
+"""
+from diffjax.guidance.registry import (METHODS, Context, Method, apply, compose, describe, get,
+                                       register, resolve, split, traced_values)
+from diffjax.guidance.classifier_free import classifier_free  # noqa: E402  (registers itself)
+from diffjax.guidance import identity as _identity  # noqa: E402,F401  (registers 'none')

@@ -241,36 +241,26 @@ def _undivided(config, abstract_state, mesh_shape: dict, num_devices: int):
 
 
 def _lower_sampler(config, ts, example_shape):
-    """The sampling loop as ``diffjax sample`` runs it: scan over steps, CFG batched, params sharded."""
-    from diffjax.core import denoisers, samplers, timesteps
-    from diffjax.guidance import classifier_free
+    """The sampling loop as ``diffjax sample`` runs it (``inference.build``): scan over steps, the
+    config's guidance batched, the batch split over the data axes, the params in the train step's
+    shardings gathered once before the loop."""
+    from diffjax import guidance, inference
     from diffjax.training import sharding
 
     batch = ts.micro_batch
-    sig = timesteps.sigmas(ts.process, int(config.sample.steps), config.sample.spacing)
-    shape = (batch,) + example_shape
-    null = None
-    if ts.conditional:
-        null = int(config.model.num_classes)
-
-    def fn(params, key, labels, guidance):
-        D = denoisers.bind(ts.den, params)
-        cond = None
-        if null is not None:
-            cond = {"label": labels}
-            D = classifier_free(D, null, guidance)
-        return samplers.sample(config.sample.sampler, D, sig, key=key, shape=shape, cond=cond,
-                               process=ts.process).x
-
-    p_abs = ts.abstract_state.params
-    p_sh = ts.state_shardings.params
+    sec = guidance.resolve(config.sample.guidance if ts.conditional else None)
+    prog = inference.build(ts.den, ts.process, sampler=config.sample.sampler,
+                           steps=int(config.sample.steps), spacing=config.sample.spacing,
+                           batch=batch, example_shape=example_shape, guidance=sec,
+                           null_label=int(config.model.num_classes) if ts.conditional else None,
+                           mesh=ts.mesh)
     rep = sharding.replicated(ts.mesh)
-    bsh = ts.batch_sharding
     key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=rep)
-    labels = jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=bsh)
-    g = jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
-    return jax.jit(fn, in_shardings=(p_sh, rep, bsh, rep),
-                   out_shardings=bsh).lower(p_abs, key, labels, g)
+    labels = jax.ShapeDtypeStruct((prog.batch,), jnp.int32, sharding=ts.batch_sharding)
+    offset = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
+    gvals = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
+             for k in guidance.split(sec)[1]}
+    return prog.fn.lower(ts.abstract_state.params, key, labels, offset, gvals, {})
 
 
 def tpu(config, topology: str, *, sample: bool = True) -> Report:

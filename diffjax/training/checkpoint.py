@@ -571,15 +571,7 @@ class Checkpointer:
         """
         import grain
 
-        steps = self.all_steps()
-        step = self.latest_step() if step is None else int(step)
-        if step is None:
-            raise CheckpointError(f"no checkpoint found in {self.directory}; train first "
-                                  f"(diffjax train --workdir ...)")
-        if step not in steps:
-            raise CheckpointError(f"no checkpoint step {step} in {self.directory}; its steps are "
-                                  f"{_steps_text(steps) or 'none'}")
-        path, earlier = self.path(step), [s for s in steps if s < step]
+        step, path, earlier = self._step(step)
         intact = self._verify(step, path, earlier) if verify else False
         legacy = _without_missing_extra(abstract_state, saved_top_keys(path))
         items = {"state": ocp.args.StandardRestore(abstract_state if legacy is None else legacy)}
@@ -599,6 +591,39 @@ class Checkpointer:
         if legacy is not None:
             return abstract_state.replace(**out["state"])
         return out["state"]
+
+    def restore_subset(self, subset: Any, step: int | None = None, *, verify: bool = True) -> Any:
+        """Restore only the leaves of ``subset``, a nested dict of ShapeDtypeStructs (with
+        shardings) that is a sub-tree of the saved state, e.g. ``{'params': ..., 'ema': {'power_0.1':
+        ...}}``: nothing else (no optimizer state) is read or built. Checked and reported like
+        ``restore``; a tree that does not match the saved one is a CorruptCheckpointError too."""
+        step, path, earlier = self._step(step)
+        intact = self._verify(step, path, earlier) if verify else False
+        args = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype,
+                                                           global_shape=a.shape), subset)
+        try:
+            return ocp.PyTreeCheckpointer().restore(
+                os.path.join(path, "state"),
+                args=ocp.args.PyTreeRestore(item=subset, restore_args=args, partial_restore=True))
+        except Exception as e:  # orbax raises many types for truncated/corrupt/mismatched files
+            what = ("could not be restored although its files match their checksums: does the "
+                    "config (model) still match the run that wrote it?" if intact else
+                    "is corrupt or does not match the parameters being restored")
+            raise CorruptCheckpointError(
+                f"checkpoint step {step} ({path}) {what} ({short_cause(e)}); "
+                f"{_fallback_advice(path, earlier)}", step=step, path=path, earlier=earlier) from e
+
+    def _step(self, step: int | None) -> tuple[int, str, list[int]]:
+        """(step, its directory, the earlier saved steps); the latest when ``step`` is None."""
+        steps = self.all_steps()
+        step = self.latest_step() if step is None else int(step)
+        if step is None:
+            raise CheckpointError(f"no checkpoint found in {self.directory}; train first "
+                                  f"(diffjax train --workdir ...)")
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint step {step} in {self.directory}; its steps are "
+                                  f"{_steps_text(steps) or 'none'}")
+        return step, self.path(step), [s for s in steps if s < step]
 
     def _verify(self, step: int, path: str, earlier: list[int]) -> bool:
         """True if every file matches its checksum, False (with a warning) if there are none."""

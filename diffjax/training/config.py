@@ -64,10 +64,12 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
 
     c.sample = ml_collections.ConfigDict(dict(
         every=0, num=100, batch_size=100, sampler="heun", steps=18, spacing="karras",
-        guidance=1.0, params="power_0.1", max_batch=0))   # max_batch > 0: network calls on slices
+        guidance=ml_collections.ConfigDict(dict(name="classifier_free", scale=1.0)),
+        params="power_0.1", max_batch=0))   # max_batch > 0: network calls on slices
 
     c.eval = ml_collections.ConfigDict(dict(
-        every=0, at_end=True, num_samples=500, sampler="heun", steps=18, guidance=1.0,
+        every=0, at_end=True, num_samples=500, sampler="heun", steps=18,
+        guidance=ml_collections.ConfigDict(dict(name="classifier_free", scale=1.0)),
         classifier="classifier_tiny", classifier_steps=500,
         classifier_resolution=config_dict.placeholder(int)))
     return c

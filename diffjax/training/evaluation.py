@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from flax import serialization
 
-from diffjax.training import sampling
+from diffjax import inference
 
 
 def frechet_distance(mu1, cov1, mu2, cov2) -> float:
@@ -165,25 +165,27 @@ def get_classifier(workdir: str, config) -> EvalClassifier:
     return clf
 
 
-def evaluate(run: sampling.Run, workdir: str, *, num_samples: int | None = None,
-             sampler: str | None = None, steps: int | None = None, guidance: float | None = None,
+def evaluate(run: inference.Run, workdir: str, *, num_samples: int | None = None,
+             sampler: str | None = None, steps: int | None = None, guidance=None,
              seed: int | None = None, params_name: str | None = None,
              spacing: str | None = None) -> dict:
     """FD (and class accuracy for conditional models) of ``num_samples`` fresh samples.
 
     Each setting left None takes the run's ``config.eval`` default (spacing and parameter set:
-    ``config.sample``'s; seed: ``sampling.DEFAULT_SEED['eval']``); a value given is used as given
-    (``num_samples=0`` is an error, not the default). ``sampling.settings(run, 'eval', ...)``
-    returns the values used."""
-    st = sampling.settings(run, "eval", num=num_samples, sampler=sampler, steps=steps,
+    ``config.sample``'s; seed: ``inference.DEFAULT_SEED['eval']``); a value given is used as given
+    (``num_samples=0`` is an error, not the default); ``guidance`` is a section, a number
+    (classifier-free scale) or a method name. ``inference.settings(run, 'eval', ...)`` returns
+    the values used."""
+    st = inference.settings(run, "eval", num=num_samples, sampler=sampler, steps=steps,
                            guidance=guidance, seed=seed, params=params_name, spacing=spacing)
     num, steps = st["num"], st["steps"]
-    guidance = float(run.config.eval.guidance if st["guidance"] is None else st["guidance"])
+    guidance = st["guidance"]
     t0 = time.time()
-    x_gen = sampling.generate(run, num, sampler=st["sampler"], steps=steps, guidance=guidance,
+    x_gen = inference.generate(run, num, sampler=st["sampler"], steps=steps, guidance=guidance,
                               seed=st["seed"], params_name=st["params"], spacing=st["spacing"])
     t_sample = time.time() - t0
-    out = {"eval/num_samples": num, "eval/guidance": guidance, "eval/steps": steps,
+    out = {"eval/num_samples": num, "eval/guidance": float(guidance.get("scale", 1.0)),
+           "eval/steps": steps,
            "eval/sample_seconds": t_sample}
     if x_gen.ndim == 2:  # 2-D points: compare coordinates directly
         x_real, _, _ = _data_arrays(run.config)
@@ -200,7 +202,7 @@ def evaluate(run: sampling.Run, workdir: str, *, num_samples: int | None = None,
                                                      *feature_stats(clf.features(held)))
     out["eval/classifier_heldout_accuracy"] = clf.info.get("heldout_accuracy", float("nan"))
     if run.num_classes:
-        labels = sampling.default_labels(num, run.num_classes)
+        labels = inference.default_labels(num, run.num_classes)
         out["eval/accuracy"] = float(np.mean(clf.logits(x_gen).argmax(-1) == labels))
     out["eval/seconds"] = time.time() - t0
     return out

@@ -35,7 +35,8 @@ from diffjax.core import samplers
 from diffjax.data import pipeline
 from diffjax.data import registry as data_registry
 from diffjax.models import registry as model_registry
-from diffjax.training import checkpoint, evaluation, metrics, preemption, sampling, sharding
+from diffjax import guidance, inference
+from diffjax.training import checkpoint, evaluation, metrics, preemption, sharding
 from diffjax.training import progress as progress_lib
 from diffjax.training import step as step_lib
 from diffjax.training import validation
@@ -116,11 +117,11 @@ def _train(config, workdir, callbacks, bar, t_start) -> dict:
             logging.info("resumed from %s", ckpt.path(latest))
             if changes:
                 workdir_lib.record_changes(workdir, changes, latest // accum)
-                sampling.save_run_info(workdir, config, example_shape, classes)
+                inference.save_run_info(workdir, config, example_shape, classes)
         else:
             state = ts.init_state(jax.random.key(config.seed))
             if first:
-                sampling.save_run_info(workdir, config, example_shape, classes)
+                inference.save_run_info(workdir, config, example_shape, classes)
     except BaseException:
         ckpt.close()
         raise
@@ -242,20 +243,13 @@ def _train(config, workdir, callbacks, bar, t_start) -> dict:
     return summary
 
 
-def _run_from_state(ts, state, config, classes, example_shape) -> sampling.Run:
-    params = {"params": state.params, **state.ema}
-    return sampling.Run(config=config, model=None, den=ts.den, process=ts.process, params=params,
-                        step=int(jax.device_get(state.step)), num_classes=classes,
-                        example_shape=example_shape)
-
-
 def _write_samples(ts, state, config, workdir, writer, step, classes, example_shape, bar) -> str:
-    run = _run_from_state(ts, state, config, classes, example_shape)
+    run = inference.from_state(ts, state, config, classes, example_shape)
     s = config.sample
     bar.phase(f"step {step}: sample grid ({s.num} samples, {s.sampler}, {s.steps} steps, "
-              f"guidance {s.guidance:g})")
-    x = sampling.generate(run, s.num, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
-                          seed=config.seed)
+              f"guidance {guidance.describe(guidance.resolve(s.guidance))})")
+    x = inference.generate(run, s.num, sampler=s.sampler, steps=s.steps, guidance=s.guidance,
+                           seed=config.seed)
     pic = metrics.to_picture(x, ncol=classes if classes and s.num % classes == 0 else None)
     path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
     if jax.process_index() == 0:
@@ -267,10 +261,10 @@ def _write_samples(ts, state, config, workdir, writer, step, classes, example_sh
 
 
 def _evaluate(ts, state, config, workdir, step, classes, example_shape, bar) -> dict:
-    run = _run_from_state(ts, state, config, classes, example_shape)
+    run = inference.from_state(ts, state, config, classes, example_shape)
     e = config.eval
     bar.phase(f"step {step}: evaluation ({e.num_samples} samples, {e.sampler}, {e.steps} steps, "
-              f"guidance {e.guidance:g})")
+              f"guidance {guidance.describe(guidance.resolve(e.guidance))})")
     out = evaluation.evaluate(run, workdir)
     bar.end_phase()
     logging.info("step %d: %s", step, {k: round(v, 4) for k, v in out.items()})

@@ -110,12 +110,12 @@ RULES: dict[str, Range] = {
     "sample.num": count(0, "samples in the grid; 0 = none"),
     "sample.batch_size": count(1, "examples per sampling call"),
     "sample.steps": count(1, "sampler steps"),
-    "sample.guidance": Range(lo=0, what="guidance scale; 1 = none"),
+    "sample.guidance.scale": Range(lo=0, what="guidance scale; 1 = none"),
     "sample.max_batch": count(0, "rows per network call; 0 = whole batch"),
     "eval.every": count(0, "optimizer steps; 0 = only at the end"),
     "eval.num_samples": count(1, "generated samples"),
     "eval.steps": count(1, "sampler steps"),
-    "eval.guidance": Range(lo=0, what="guidance scale; 1 = none"),
+    "eval.guidance.scale": Range(lo=0, what="guidance scale; 1 = none"),
     "eval.classifier_steps": count(1, "classifier training steps"),
     "eval.classifier_resolution": Range(lo=1, integer=True, optional=True,
                                         what="pixels per side; unset = the data's"),
@@ -146,3 +146,16 @@ def check(config, rules: dict[str, Range] = RULES) -> None:
                 got = repr(value) if len(values) > 1 else repr(v)
                 each = "each entry " if len(values) > 1 else ""
                 raise ValueError(f"config.{key}: {each}must be {rule.describe()}, got {got}")
+    for key in SECTIONS:
+        present, value = _lookup(config, key)
+        if present:
+            SECTIONS[key](value, where=f"config.{key}")
+
+
+def _guidance(value, where):
+    from diffjax import guidance
+    guidance.resolve(value, where=where)   # a known method with known, typed fields
+
+
+# Sections checked by their registry: key -> check(value, where=...) raising ValueError.
+SECTIONS = {"sample.guidance": _guidance, "eval.guidance": _guidance}

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax.training import checkpoint, metrics, preemption, progress, sampling, trainer
+from diffjax import inference
+from diffjax.training import checkpoint, metrics, preemption, progress, trainer
 from tests.training.util import run_python, tiny_config
 
 
@@ -98,7 +99,7 @@ def test_exploding_run_stops_saves_nothing_bad_and_keeps_the_good_checkpoint(tmp
         trainer.train(blow_up, w)
     with checkpoint.Checkpointer(os.path.join(w, "checkpoints"), read_only=True) as ckpt:
         assert ckpt.all_steps() == [2]      # keep=1: a saved bad state would have rotated 2 out
-    run = sampling.load(w)
+    run = inference.load(w)
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(run.params)))
 
 

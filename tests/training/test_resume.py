@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from diffjax.training import checkpoint, metrics, sampling, trainer
+from diffjax import inference
+from diffjax.training import checkpoint, metrics, trainer
 from tests.training.util import tiny_config
 
 
@@ -17,7 +18,7 @@ def _losses(workdir):
 
 
 def _final_state(workdir):
-    run = sampling.load(str(workdir))
+    run = inference.load(str(workdir), params="all")
     return run.step, jax.tree.leaves(jax.device_get(run.params))
 
 
@@ -72,9 +73,9 @@ def test_corrupt_and_missing_checkpoints_give_clear_errors(uninterrupted, tmp_pa
                 with open(os.path.join(root, f), "wb") as fh:
                     fh.write(b"garbage")
     with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/6"):
-        sampling.load(str(work))
+        inference.load(str(work))
     with pytest.raises(FileNotFoundError, match="not a diffjax training workdir"):
-        sampling.load(str(tmp_path / "nothing"))
+        inference.load(str(tmp_path / "nothing"))
     os.makedirs(tmp_path / "empty")
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoint"):
         checkpoint.Checkpointer(str(tmp_path / "empty" / "checkpoints"), read_only=True)

@@ -23,7 +23,8 @@ def test_shipped_configs_pass(name):
     ("total_steps", -3, "config.total_steps"),
     ("log_every", -1, "config.log_every"),
     ("sample.steps", 0, "config.sample.steps"),
-    ("sample.guidance", -2.0, "config.sample.guidance"),
+    ("sample.guidance.scale", -2.0, "config.sample.guidance.scale"),
+    ("sample.guidance.name", "cfgg", "config.sample.guidance.name: unknown guidance method"),
     ("eval.num_samples", 0, "config.eval.num_samples"),
     ("optim.accum_steps", 0, "config.optim.accum_steps"),
     ("ema.decays", (0.999, 1.0), "config.ema.decays: each entry"),
@@ -42,7 +43,7 @@ def test_boundaries_that_are_legal_pass():
     # 0 means "never"/"none" for cadences and clipping; end_lr_factor may be 1 (constant);
     # guidance in (0, 1) interpolates; an unset classifier resolution uses the data's.
     c = tiny_config(**{"log_every": 0, "checkpoint.every": 0, "optim.grad_clip": 0.0,
-                       "optim.end_lr_factor": 1.0, "sample.guidance": 0.5, "sample.num": 0,
+                       "optim.end_lr_factor": 1.0, "sample.guidance.scale": 0.5, "sample.num": 0,
                        "eval.classifier_resolution": None, "optim.warmup_steps": 0})
     trainer.validate_config(c)
 

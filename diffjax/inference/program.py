@@ -1,0 +1,104 @@
+"""The one sampling program: (denoiser, process, draw settings, mesh) -> a jitted function
+
+    x = program(params, key, labels, offset, guidance_values, knobs)
+
+that draws x_T for examples offset .. offset + B - 1 (example b's key is fold_in(key, offset + b),
+so a sample never depends on the batch or the device count), binds the params, applies the guidance
+transform from the registry, and runs the sampler's ``lax.scan`` to sigma = 0. Only the batch, the
+example shape, the sampler, the grid (steps, spacing) and the static part of the guidance (method
+name, non-float fields, whether it is the identity) select a compiled program; the params, the seed,
+the guidance scale and other float fields and the sampler knobs (eta, churn, ...) are arguments.
+
+Over a mesh the batch (labels, keys, samples) is split over the data axes and the params are
+constrained to be replicated at the start of the program: parameters sharded by the train step
+(FSDP) are gathered once per call, before the loop, never per step. The same program serves
+``diffjax sample`` / ``evaluate``, the trainer's sample grids, the preflight (lowered on abstract
+inputs) and the benchmark.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from diffjax import guidance as guidance_lib
+from diffjax.core import denoisers, samplers, timesteps
+
+
+class Program(NamedTuple):
+    fn: Callable          # jitted (params, key, labels, offset, guidance_values, knobs) -> x
+    batch: int            # examples per call (a multiple of the mesh's batch shards)
+    example_shape: tuple
+    sigmas: Any           # the grid (static)
+    mesh: Any             # None: one device, wherever the inputs are
+    guidance: tuple       # the static part of the guidance section (guidance.split)
+
+    def __call__(self, params, key, labels, offset=0, guidance_values=None, knobs=None):
+        return self.fn(params, key, labels, jnp.asarray(offset, jnp.int32),
+                       guidance_values or {}, knobs or {})
+
+    def lower(self, params, key, labels, offset=0, guidance_values=None, knobs=None):
+        return self.fn.lower(params, key, labels, jnp.asarray(offset, jnp.int32),
+                             guidance_values or {}, knobs or {})
+
+
+def padded_batch(batch: int, mesh) -> int:
+    """``batch`` rounded up to a multiple of the mesh's batch shards (the extra rows are extra
+    examples, dropped by the caller)."""
+    from diffjax.training import sharding
+
+    if mesh is None:
+        return batch
+    d = sharding.batch_divisor(mesh)
+    return -(-batch // d) * d
+
+
+def build(den, process, *, sampler: str, steps: int, spacing: str, batch: int, example_shape,
+          guidance: dict | tuple | None = None, null_label: int | None = None, mesh=None,
+          gather_params: bool = True) -> Program:
+    """The jitted sampling program (see module doc). ``guidance`` is a resolved section (or its
+    static part from ``guidance.split``; None: no guidance); ``null_label`` the null class of a
+    class-conditional model (None: unconditional, labels are ignored). ``batch`` is rounded up to
+    the mesh's batch shards (``Program.batch``). ``gather_params=False`` leaves the params as they
+    come (for a model too large to replicate: each step then gathers what it needs, as the train
+    step does). Programs are cached: the same arguments return the
+    same compiled function."""
+    if guidance is None:
+        guidance = guidance_lib.resolve("none")
+    static = guidance if isinstance(guidance, tuple) else guidance_lib.split(guidance)[0]
+    return _build(den, process, sampler, int(steps), spacing, padded_batch(int(batch), mesh),
+                  tuple(example_shape), static, null_label, mesh, gather_params)
+
+
+@functools.lru_cache(maxsize=32)
+def _build(den, process, sampler, steps, spacing, batch, example_shape, static, null_label, mesh,
+           gather_params):
+    sig = timesteps.sigmas(process, steps, spacing)
+    shape = (batch,) + example_shape
+    ctx = guidance_lib.Context(null_label=null_label)
+    rep = bsh = None
+    if mesh is not None:
+        from diffjax.training import sharding
+        rep, bsh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+
+    def constrain(a, s):
+        return a if s is None else jax.lax.with_sharding_constraint(a, s)
+
+    def fn(params, key, labels, offset, gvals, knobs):
+        if gather_params:
+            params = constrain(params, rep)      # FSDP-sharded params: gathered once, here
+        D = guidance_lib.apply(denoisers.bind(den, params), static, gvals, ctx)
+        cond = None if null_label is None else {"label": constrain(labels, bsh)}
+        keys = constrain(samplers.example_keys(key, batch, offset), bsh)
+        x = samplers.sample(sampler, D, sig, keys=keys, shape=shape, cond=cond, process=process,
+                            **knobs).x
+        return constrain(x, bsh)
+
+    if mesh is None:
+        jitted = jax.jit(fn)
+    else:   # params: wherever they are (replicated by load, FSDP-sharded by the train step)
+        jitted = jax.jit(fn, in_shardings=(None, rep, bsh, rep, rep, rep), out_shardings=bsh)
+    return Program(fn=jitted, batch=batch, example_shape=example_shape, sigmas=sig, mesh=mesh,
+                   guidance=static)
