@@ -191,6 +191,11 @@ def _is_finite(x: jax.Array) -> jax.Array:
     return jnp.isfinite(jnp.sum(x * 0))
 
 
+def _split_over_devices(x) -> bool:
+    sh = getattr(x, "sharding", None)
+    return sh is not None and len(sh.device_set) > 1 and not sh.is_fully_replicated
+
+
 def non_finite_leaves(tree: Any) -> list[str]:
     """Paths (``jax.tree_util.keystr``) of the floating leaves of ``tree`` holding NaN or Inf.
 
@@ -201,7 +206,15 @@ def non_finite_leaves(tree: Any) -> list[str]:
     arrays (the flags come back replicated); call it on every process, like ``save``.
     """
     pairs = [(p, x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if _is_inexact(x)]
-    flags = jax.device_get([_is_finite(x) for _, x in pairs])
+    flags = []
+    for _, x in pairs:
+        flags.append(_is_finite(x))
+        if _split_over_devices(x):
+            # a reduction over a sharded array is a collective: on XLA:CPU's simulated devices
+            # several in flight at once can starve its thread pool and deadlock (seen with an
+            # FSDP-sharded state on 8 devices and 2 cores); one at a time costs ~0.1 ms each
+            flags[-1].block_until_ready()
+    flags = jax.device_get(flags)
     return [jax.tree_util.keystr(p) for (p, _), ok in zip(pairs, flags) if not bool(ok)]
 
 
