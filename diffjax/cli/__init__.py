@@ -313,11 +313,13 @@ def cmd_sample():
                            guidance=st["guidance"], seed=st["seed"], params_name=st["params"],
                            spacing=st["spacing"])
     ncol = run.num_classes if run.num_classes and num % run.num_classes == 0 else None
-    inference.save_grid(x, out, ncol=ncol)
     result = {"out": out, **st}
+    if jax_process_index() == 0:   # every process holds all samples; one writes them
+        inference.save_grid(x, out, ncol=ncol)
     if _NPZ.value:
-        import numpy as np
-        np.savez(_NPZ.value, x=x, label=inference.default_labels(num, run.num_classes))
+        if jax_process_index() == 0:
+            import numpy as np
+            np.savez(_NPZ.value, x=x, label=inference.default_labels(num, run.num_classes))
         result["npz"] = _NPZ.value
     print(json.dumps(result))
 

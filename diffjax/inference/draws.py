@@ -24,9 +24,18 @@ def default_labels(num: int, num_classes: int) -> np.ndarray:
     return (np.arange(num) % max(num_classes, 1)).astype(np.int32)
 
 
-def _global(x, sharding_):
-    """A global array from the same host value on every process (``sharding_`` None: as is)."""
-    return jnp.asarray(x) if sharding_ is None else jax.device_put(x, sharding_)
+def _global(tree, sharding_):
+    """Global arrays from the same host values on every process (``sharding_`` None: as is)."""
+    if sharding_ is None:
+        return tree
+
+    def one(x):
+        if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding_, lambda idx: x[idx])
+
+    return jax.tree.map(one, tree)
 
 
 def program_for(run: Run, *, sampler: str, steps: int, spacing: str, batch: int,

@@ -47,3 +47,34 @@ def test_two_processes_train_checkpoint_and_resume(tmp_path):
     losses = {r["step"]: r["loss"] for r in rows if "loss" in r}
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     assert np.all(np.isfinite(list(losses.values())))
+
+
+def _sample(workdir, npz, processes):
+    args = ["-m", "diffjax.cli", "sample", "--workdir", str(workdir), "--num", "6", "--steps", "2",
+            "--guidance", "2", "--out", str(npz) + ".png", "--npz", str(npz)]
+    if processes == 1:
+        p = subprocess.run([sys.executable, *args], env=env(), cwd=ROOT, capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-3000:]
+        return np.load(npz)["x"]
+    port = free_port()
+    procs = [subprocess.Popen([sys.executable, *args, f"--coordinator_address=localhost:{port}",
+                               "--num_processes=2", f"--process_id={i}"], env=env(), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-3000:]
+    return np.load(npz)["x"]
+
+
+@pytest.mark.slow
+@pytest.mark.ci
+def test_two_processes_sample_what_one_process_samples(tmp_path):
+    """diffjax sample over 2 processes (the batch split over both devices, the params restored on
+    each) draws the samples one process draws, example by example."""
+    _launch(tmp_path, 2)
+    two = _sample(tmp_path, tmp_path / "two.npz", 2)
+    one = _sample(tmp_path, tmp_path / "one.npz", 1)
+    assert two.shape == one.shape == (6, 8, 8, 1)
+    np.testing.assert_allclose(two, one, rtol=0, atol=1e-5)   # float32 round-off between batches
