@@ -110,6 +110,26 @@ def test_guidance_by_name_and_field_equals_the_bare_number(workdir, tmp_path):
     assert not np.array_equal(outs["number"], outs["none"])   # (a 3-step model: close, not equal)
 
 
+def test_autoguidance_by_a_run_of_itself_is_the_unguided_model(workdir, tmp_path):
+    """--guidance auto with the run itself as the weak model: D0 = D1, so any scale gives what
+    --guidance 1 gives (up to XLA's fusion of the two programs; tests/guidance checks the equation
+    exactly); a weak workdir that is not a run is one line."""
+    w, _ = workdir
+    outs = {}
+    for name, args in (("one", ["--guidance", "1"]),
+                       ("auto", ["--guidance", "auto", "--guidance.weak_workdir", w,
+                                 "--guidance.scale", "3"])):
+        npz = str(tmp_path / f"{name}.npz")
+        p = run_cli("sample", "--workdir", w, "--num", "3", "--steps", "2", "--npz", npz,
+                    "--out", str(tmp_path / f"{name}.png"), *args)
+        assert p.returncode == 0, p.stderr[-3000:]
+        outs[name] = np.load(npz)["x"]
+    np.testing.assert_allclose(outs["auto"], outs["one"], rtol=0, atol=1e-6)
+    p = run_cli("sample", "--workdir", w, "--num", "3", "--guidance", "auto",
+                f"--guidance.weak_workdir={tmp_path}", "--guidance.scale=2")
+    assert_error(p, "sample", "is not a diffjax training workdir", "configs/digits_weak.py")
+
+
 def test_a_checkpoint_step_that_was_not_saved_lists_those_that_were(workdir):
     p = run_cli("sample", "--workdir", workdir[0], "--num", "4", "--checkpoint_step", "7")
     assert_error(p, "sample", "no checkpoint at step 7", "the saved steps are 2, 3")

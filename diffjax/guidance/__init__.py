@@ -11,6 +11,9 @@ method's own fields}, and the CLI takes ``--guidance NAME --guidance.scale W --g
 sampling program (changing them never recompiles).
 """
 from diffjax.guidance.registry import (METHODS, Context, Method, apply, compose, describe, get,
+                                       prepare,
                                        register, resolve, split, traced_values)
 from diffjax.guidance.classifier_free import classifier_free  # noqa: E402  (registers itself)
 from diffjax.guidance import identity as _identity  # noqa: E402,F401  (registers 'none')
+from diffjax.guidance import cfg_variants as _cfg_variants  # noqa: E402,F401  (interval, ...)
+from diffjax.guidance import autoguidance as _autoguidance  # noqa: E402,F401  ('auto')

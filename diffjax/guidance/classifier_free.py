@@ -14,21 +14,26 @@ import jax.numpy as jnp
 from diffjax.guidance.registry import Method, register
 
 
+def _both(D, x, sigma, cond, null_label: int, label_key: str = "label"):
+    """(D(x, sigma, c), D(x, sigma, null)) from one batched call of 2B examples."""
+    if cond is None or label_key not in cond:
+        raise ValueError(f"classifier-free guidance needs cond[{label_key!r}] (class labels)")
+    labels = cond[label_key]
+    b = x.shape[0]
+    both = {k: (jnp.concatenate([v, v]) if getattr(v, "shape", ())[:1] == (b,) else v)
+            for k, v in cond.items()}
+    both[label_key] = jnp.concatenate([labels, jnp.full_like(labels, null_label)])
+    s = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (b,))
+    out = D(jnp.concatenate([x, x]), jnp.concatenate([s, s]), both)
+    return out[:b], out[b:]
+
+
 def classifier_free(D, null_label: int, scale, label_key: str = "label"):
     """Return D_w; ``cond[label_key]`` holds the class labels (B,)."""
 
     def guided(x, sigma, cond):
-        if cond is None or label_key not in cond:
-            raise ValueError(f"classifier-free guidance needs cond[{label_key!r}] (class labels)")
-        labels = cond[label_key]
-        b = x.shape[0]
-        both = {k: (jnp.concatenate([v, v]) if getattr(v, "shape", ())[:1] == (b,) else v)
-                for k, v in cond.items()}
-        both[label_key] = jnp.concatenate([labels, jnp.full_like(labels, null_label)])
-        s = jnp.broadcast_to(jnp.asarray(sigma, x.dtype), (b,))
-        out = D(jnp.concatenate([x, x]), jnp.concatenate([s, s]), both)
-        c, u = out[:b], out[b:]
-        return u + jnp.asarray(scale, out.dtype) * (c - u)
+        c, u = _both(D, x, sigma, cond, null_label, label_key)
+        return u + jnp.asarray(scale, c.dtype) * (c - u)
 
     return guided
 

@@ -43,6 +43,11 @@ class Method:
     needs_classes: bool = False          # only for class-conditional runs
     identity: Callable | None = None     # identity(fields) -> True when the transform is D itself
     help: str = ""
+    # prepare(section, run) -> (static, state): host-side, once per draw (load a weak model or a
+    # classifier). ``static`` (hashable: e.g. the other network's denoiser function) selects the
+    # program, ``state`` (a pytree of arrays: its params) is passed to it as an argument; make is
+    # then called as make(D, ctx, static, state, **fields).
+    prepare: Callable | None = None
 
     def defaults(self) -> dict:
         return dict(self.fields)
@@ -135,16 +140,28 @@ def resolve(value: Any, *, where: str = "guidance", base: Mapping | None = None)
     return {"name": name, **out}
 
 
-def split(section: Mapping) -> tuple[tuple, dict]:
+def split(section: Mapping, prepared_static=None) -> tuple[tuple, dict]:
     """(static, traced) parts of a resolved section: ``static`` is hashable (name, whether the
-    transform is the identity, the non-float fields) and selects a compiled program; ``traced`` are
-    the float fields, passed to it as arguments."""
+    transform is the identity, the non-float fields, what ``prepare`` made static) and selects a
+    compiled program; ``traced`` are the float fields, passed to it as arguments."""
     method = get(section["name"])
     fields = {k: section[k] for k, _ in method.fields}
     traced = {k: v for k, v in fields.items() if isinstance(method.defaults()[k], float)}
     static_fields = tuple(sorted((k, v) for k, v in fields.items() if k not in traced))
     ident = bool(method.identity(fields)) if method.identity else False
-    return (method.name, ident, static_fields), traced
+    return (method.name, ident, static_fields, prepared_static), traced
+
+
+def prepare(section: Mapping, run) -> tuple[tuple, Any]:
+    """(static, state) for a section: what the method loads once on the host (``Method.prepare``,
+    given the resolved section and the inference Run it guides), else ((name, ...), None).
+    ``static`` is the full static part (``split``) including the prepared one."""
+    method = get(section["name"])
+    static, _ = split(section)
+    if method.prepare is None or static[1]:
+        return static, None
+    pstatic, state = method.prepare(section, run)
+    return split(section, pstatic)[0], state
 
 
 def traced_values(section: Mapping, dtype=jnp.float32) -> dict:
@@ -152,15 +169,21 @@ def traced_values(section: Mapping, dtype=jnp.float32) -> dict:
     return {k: jnp.asarray(v, dtype) for k, v in split(section)[1].items()}
 
 
-def apply(D: Callable, static: tuple, values: Mapping, ctx: Context) -> Callable:
-    """The guided denoiser: method ``static[0]`` with its static fields and the traced ``values``."""
-    name, ident, static_fields = static
+def apply(D: Callable, static: tuple, values: Mapping, ctx: Context, state: Any = None) -> Callable:
+    """The guided denoiser: method ``static[0]`` with its static fields, the traced ``values`` and,
+    for a method with ``prepare``, what it prepared (``state``: traced arrays)."""
+    name, ident, static_fields = static[:3]
     if ident:
         return D
     method = get(name)
     if method.needs_classes and ctx.null_label is None:
         raise ValueError(f"guidance {name!r} needs a class-conditional model (this one has no "
                          f"classes); use guidance 'none'")
+    if method.prepare is not None:
+        if len(static) < 4 or static[3] is None:
+            raise ValueError(f"guidance {name!r} loads what it needs first: build its program with "
+                             f"guidance.prepare(section, run) (inference.generate does)")
+        return method.make(D, ctx, static[3], state, **dict(static_fields), **values)
     return method.make(D, ctx, **dict(static_fields), **values)
 
 

@@ -40,12 +40,21 @@ def _global(tree, sharding_):
 
 def program_for(run: Run, *, sampler: str, steps: int, spacing: str, batch: int,
                 guidance=None) -> program_lib.Program:
-    """The run's sampling program for these settings (``program.build``)."""
+    """The run's sampling program for these settings (``program.build``); ``guidance`` is a
+    resolved section or its full static part (``guidance.prepare``)."""
     null = run.num_classes if run.num_classes else None
-    sec = guidance_lib.resolve(guidance if null is not None else None)
     return program_lib.build(run.den, run.process, sampler=sampler, steps=steps, spacing=spacing,
-                             batch=batch, example_shape=run.example_shape, guidance=sec,
+                             batch=batch, example_shape=run.example_shape, guidance=guidance,
                              null_label=null, mesh=run.mesh)
+
+
+def resolve_for(run: Run, guidance) -> dict:
+    """The guidance section a draw from ``run`` uses: unconditional runs take only methods that
+    need no classes (classifier-free guidance becomes 'none')."""
+    sec = guidance_lib.resolve(guidance)
+    if not run.num_classes and guidance_lib.get(sec["name"]).needs_classes:
+        sec = guidance_lib.resolve(None)
+    return sec
 
 
 def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guidance=1.0,
@@ -69,7 +78,8 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
         labels = default_labels(num, run.num_classes) if labels is None else np.asarray(labels)
     else:
         labels = np.zeros((num,), np.int32)
-    sec = guidance_lib.resolve(guidance if run.num_classes else None)
+    sec = resolve_for(run, guidance)
+    gstatic, gstate = guidance_lib.prepare(sec, run)
     gvals = guidance_lib.traced_values(sec)
     knobs = {k: jnp.float32(v) for k, v in (knobs or {}).items()}
     bsh = rep = None
@@ -80,10 +90,11 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)
         prog = program_for(run, sampler=sampler, steps=int(steps), spacing=spacing, batch=b,
-                           guidance=sec)
+                           guidance=gstatic)
         lab = np.zeros((prog.batch,), np.int32)
         lab[:b] = labels[start:start + b]
-        x = prog(params, key, _global(lab, bsh), _global(np.int32(start), rep), gvals, knobs)
+        x = prog(params, key, _global(lab, bsh), _global(np.int32(start), rep), gvals, knobs,
+                 gstate)
         if not x.is_fully_addressable:  # several processes: every host gets the whole batch
             from jax.experimental import multihost_utils
             x = multihost_utils.process_allgather(x, tiled=True)

@@ -1,13 +1,14 @@
 """The one sampling program: (denoiser, process, draw settings, mesh) -> a jitted function
 
-    x = program(params, key, labels, offset, guidance_values, knobs)
+    x = program(params, key, labels, offset, guidance_values, knobs, guidance_state)
 
 that draws x_T for examples offset .. offset + B - 1 (example b's key is fold_in(key, offset + b),
 so a sample never depends on the batch or the device count), binds the params, applies the guidance
 transform from the registry, and runs the sampler's ``lax.scan`` to sigma = 0. Only the batch, the
 example shape, the sampler, the grid (steps, spacing) and the static part of the guidance (method
 name, non-float fields, whether it is the identity) select a compiled program; the params, the seed,
-the guidance scale and other float fields and the sampler knobs (eta, churn, ...) are arguments.
+the guidance scale and other float fields, what the guidance method prepared (e.g. a weak model's
+params: ``guidance.prepare``) and the sampler knobs (eta, churn, ...) are arguments.
 
 Over a mesh the batch (labels, keys, samples) is split over the data axes and the params are
 constrained to be replicated at the start of the program: parameters sharded by the train step
@@ -28,20 +29,23 @@ from diffjax.core import denoisers, samplers, timesteps
 
 
 class Program(NamedTuple):
-    fn: Callable          # jitted (params, key, labels, offset, guidance_values, knobs) -> x
+    fn: Callable          # jitted (params, key, labels, offset, guidance_values, knobs,
+                          #         guidance_state) -> x
     batch: int            # examples per call (a multiple of the mesh's batch shards)
     example_shape: tuple
     sigmas: Any           # the grid (static)
     mesh: Any             # None: one device, wherever the inputs are
     guidance: tuple       # the static part of the guidance section (guidance.split)
 
-    def __call__(self, params, key, labels, offset=0, guidance_values=None, knobs=None):
+    def __call__(self, params, key, labels, offset=0, guidance_values=None, knobs=None,
+                 guidance_state=None):
         return self.fn(params, key, labels, jnp.asarray(offset, jnp.int32),
-                       guidance_values or {}, knobs or {})
+                       guidance_values or {}, knobs or {}, guidance_state)
 
-    def lower(self, params, key, labels, offset=0, guidance_values=None, knobs=None):
+    def lower(self, params, key, labels, offset=0, guidance_values=None, knobs=None,
+              guidance_state=None):
         return self.fn.lower(params, key, labels, jnp.asarray(offset, jnp.int32),
-                             guidance_values or {}, knobs or {})
+                             guidance_values or {}, knobs or {}, guidance_state)
 
 
 def padded_batch(batch: int, mesh) -> int:
@@ -59,7 +63,7 @@ def build(den, process, *, sampler: str, steps: int, spacing: str, batch: int, e
           guidance: dict | tuple | None = None, null_label: int | None = None, mesh=None,
           gather_params: bool = True) -> Program:
     """The jitted sampling program (see module doc). ``guidance`` is a resolved section (or its
-    static part from ``guidance.split``; None: no guidance); ``null_label`` the null class of a
+    static part from ``guidance.split`` / ``guidance.prepare``; None: no guidance); ``null_label`` the null class of a
     class-conditional model (None: unconditional, labels are ignored). ``batch`` is rounded up to
     the mesh's batch shards (``Program.batch``). ``gather_params=False`` leaves the params as they
     come (for a model too large to replicate: each step then gathers what it needs, as the train
@@ -86,10 +90,11 @@ def _build(den, process, sampler, steps, spacing, batch, example_shape, static, 
     def constrain(a, s):
         return a if s is None else jax.lax.with_sharding_constraint(a, s)
 
-    def fn(params, key, labels, offset, gvals, knobs):
+    def fn(params, key, labels, offset, gvals, knobs, gstate):
         if gather_params:
             params = constrain(params, rep)      # FSDP-sharded params: gathered once, here
-        D = guidance_lib.apply(denoisers.bind(den, params), static, gvals, ctx)
+            gstate = constrain(gstate, rep)
+        D = guidance_lib.apply(denoisers.bind(den, params), static, gvals, ctx, gstate)
         cond = None if null_label is None else {"label": constrain(labels, bsh)}
         keys = constrain(samplers.example_keys(key, batch, offset), bsh)
         x = samplers.sample(sampler, D, sig, keys=keys, shape=shape, cond=cond, process=process,
@@ -99,6 +104,7 @@ def _build(den, process, sampler, steps, spacing, batch, example_shape, static, 
     if mesh is None:
         jitted = jax.jit(fn)
     else:   # params: wherever they are (replicated by load, FSDP-sharded by the train step)
-        jitted = jax.jit(fn, in_shardings=(None, rep, bsh, rep, rep, rep), out_shardings=bsh)
+        jitted = jax.jit(fn, in_shardings=(None, rep, bsh, rep, rep, rep, None),
+                         out_shardings=bsh)
     return Program(fn=jitted, batch=batch, example_shape=example_shape, sigmas=sig, mesh=mesh,
                    guidance=static)

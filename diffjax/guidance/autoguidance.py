@@ -1,0 +1,78 @@
+"""Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of itself"):
+guide the model D1 with a weaker version D0 of itself - the same task and conditioning, less
+capacity and/or less training (a smaller network, an earlier checkpoint):
+
+    D_w(x, sigma, c) = D0(x, sigma, c) + w (D1(x, sigma, c) - D0(x, sigma, c))
+
+(the official ``ref_Dx.lerp(Dx, guidance)``). w = 1 is D1; classifier-free guidance is the special
+case D0 = the unconditional model. Works for unconditional models too. Registered as ``auto``:
+
+    diffjax sample --workdir MAIN --guidance auto --guidance.weak_workdir WEAK --guidance.scale 2
+
+``weak_workdir`` is a diffjax training run on the same data (``configs/digits_weak.py`` trains one
+for the Quickstart); ``weak_params`` picks its parameter set (default: its config.sample.params),
+``weak_step`` its checkpoint (-1: the latest). The weak run is loaded once per draw (``prepare``) and
+its params are an argument of the compiled program, so a new scale never recompiles.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import jax.numpy as jnp
+
+from diffjax.core import denoisers
+from diffjax.guidance.registry import Method, register
+
+
+@functools.lru_cache(maxsize=4)
+def _load_weak(workdir: str, params: str, step: int, mesh):
+    from diffjax import inference
+
+    config = inference.load_config(workdir)
+    name = params or config.sample.params
+    run = inference.load(workdir, step=None if step < 0 else step, config=config, params=name,
+                         mesh=mesh)
+    return run, name
+
+
+def prepare(section, run):
+    workdir = section["weak_workdir"]
+    if not workdir:
+        raise ValueError("guidance auto needs the weak model's run: --guidance.weak_workdir DIR "
+                         "(config.sample.guidance.weak_workdir), e.g. one trained with "
+                         "configs/digits_weak.py")
+    if not os.path.isfile(os.path.join(workdir, "config.json")):
+        raise ValueError(f"guidance auto: weak_workdir {workdir!r} is not a diffjax training "
+                         f"workdir (no config.json); train the weak model there first, e.g. "
+                         f"diffjax train --config configs/digits_weak.py --workdir {workdir}")
+    weak, name = _load_weak(os.path.abspath(workdir), section["weak_params"],
+                            int(section["weak_step"]), run.mesh)
+    if tuple(weak.example_shape) != tuple(run.example_shape):
+        raise ValueError(f"guidance auto: the weak run {workdir!r} draws examples of shape "
+                         f"{tuple(weak.example_shape)}, this run {tuple(run.example_shape)}: "
+                         f"train the weak model on the same data")
+    if weak.num_classes != run.num_classes:
+        raise ValueError(f"guidance auto: the weak run {workdir!r} has {weak.num_classes} "
+                         f"classes, this run {run.num_classes}: the weak model must take the "
+                         f"same conditioning")
+    return weak.den, weak.params[name]
+
+
+def autoguidance(D, ctx, weak_den, weak_state, scale, **_):
+    D0 = denoisers.bind(weak_den, weak_state)
+
+    def guided(x, sigma, cond):
+        d1, d0 = D(x, sigma, cond), D0(x, sigma, cond)
+        return d0 + jnp.asarray(scale, d1.dtype) * (d1 - d0)
+
+    return guided
+
+
+register(Method(name="auto", make=autoguidance, prepare=prepare, needs_classes=False,
+                identity=lambda f: f["scale"] == 1.0,
+                fields=(("scale", 1.0), ("weak_workdir", ""), ("weak_params", ""),
+                        ("weak_step", -1)),
+                help="autoguidance (Karras et al. 2024): D0 + w (D1 - D0) with D0 a weaker run of "
+                     "the same model (--guidance.weak_workdir DIR: smaller or less trained, same "
+                     "data)"))
