@@ -17,3 +17,4 @@ from diffjax.guidance.classifier_free import classifier_free  # noqa: E402  (reg
 from diffjax.guidance import identity as _identity  # noqa: E402,F401  (registers 'none')
 from diffjax.guidance import cfg_variants as _cfg_variants  # noqa: E402,F401  (interval, ...)
 from diffjax.guidance import autoguidance as _autoguidance  # noqa: E402,F401  ('auto')
+from diffjax.guidance import classifier as _classifier  # noqa: E402,F401  ('classifier')

@@ -55,6 +55,8 @@ class AttentionPool(nn.Module):
 class NoisyClassifier(nn.Module):
     """Time-conditioned encoder U-Net -> logits: ``apply(v, x, noise_labels, train=False)``."""
 
+    predicts_labels = True   # labels are its output, not an input (training/step.example_inputs)
+
     num_classes: int = 10
     model_channels: int = 128
     channel_mult: Sequence[int] = (1, 2, 2, 2)

@@ -118,3 +118,6 @@ def denoising(ctx: Context) -> Objective:
                                null_label=ctx.num_classes if ctx.num_classes else None,
                                p_mean=d.p_mean, p_std=d.p_std)
     return Objective(loss=lambda params, extra, batch, key: loss_fn(params, batch, key))
+
+
+from diffjax.training import classifier_objective as _classifier_objective  # noqa: E402,F401

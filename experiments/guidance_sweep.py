@@ -1,0 +1,144 @@
+"""Guidance methods on the Quickstart model: class accuracy, Frechet distance and diversity over a
+sweep of scales, at equal network evaluations (every method here makes 2 network calls per step).
+
+    python experiments/guidance_sweep.py --workdir /tmp/qs --weak /tmp/qs_weak    # trains both if empty
+
+Claims checked (direction only, at this scale):
+- classifier-free guidance (Ho & Salimans 2022): accuracy rises with the scale, diversity falls;
+- autoguidance (Karras et al. 2024): a weaker run of the same model as the guide improves the
+  Frechet distance over the unguided model without the diversity loss of classifier-free guidance;
+- guidance interval (Kynkaanniemi et al. 2024): guiding only at middle noise levels keeps most of
+  the accuracy gain with a better Frechet distance at high scales;
+- rescale (Lin et al. 2024): limits the over-saturation of large scales.
+- classifier guidance (Dhariwal & Nichol 2021) with a noise-conditioned classifier
+  (configs/digits_noisy_classifier.py, --classifier DIR): accuracy rises with the scale.
+Spread = mean over classes of the trace of the samples' feature covariance (the evaluation
+classifier's penultimate features) divided by the same for real digits of that class. It falls as
+samples collapse toward one image per class; it is far above 1 for an undertrained model, whose
+off-manifold samples spread the features more than real digits do, so read it as relative between
+methods, not as diversity against the data. Writes WORKDIR/guidance_sweep.png and .json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+
+from diffjax import inference  # noqa: E402
+from diffjax.training import evaluation  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCALES = [1.0, 1.5, 2.0, 3.0, 4.0]
+
+
+def ensure_trained(workdir: str, config: str):
+    ckpt = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(ckpt) and os.listdir(ckpt):
+        return
+    print(f"training {config} into {workdir} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "diffjax.cli", "train", "--config", config, "--workdir",
+                    workdir], check=True, cwd=ROOT)
+
+
+def diversity(feats: np.ndarray, labels: np.ndarray, real_feats: np.ndarray,
+              real_labels: np.ndarray) -> float:
+    ratios = []
+    for k in np.unique(labels):
+        g, r = feats[labels == k], real_feats[real_labels == k]
+        if len(g) > 2 and len(r) > 2:
+            ratios.append(np.trace(np.cov(g, rowvar=False)) / np.trace(np.cov(r, rowvar=False)))
+    return float(np.mean(ratios))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--weak", required=True, help="the weak run for autoguidance")
+    ap.add_argument("--scales", type=float, nargs="+", default=SCALES)
+    ap.add_argument("--classifier", default=None, help="a noisy-classifier run (classifier rows)")
+    ap.add_argument("--classifier-scales", type=float, nargs="+", default=[0.0, 2.0, 5.0, 10.0,
+                                                                           20.0])
+    ap.add_argument("--methods", nargs="+", default=None, help="a subset of the methods")
+    ap.add_argument("--num", type=int, default=500)
+    ap.add_argument("--sampler", default="dpmpp_2m")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=1234)
+    args = ap.parse_args(argv)
+    ensure_trained(args.workdir, os.path.join(ROOT, "configs", "digits.py"))
+    ensure_trained(args.weak, os.path.join(ROOT, "configs", "digits_weak.py"))
+    run = inference.load(args.workdir)
+    clf = evaluation.get_classifier(args.workdir, run.config)
+    x_real, y_real, _ = evaluation._data_arrays(run.config)
+    n_ref = min(max(args.num, 1000), len(x_real))
+    real_feats = np.asarray(clf.features(x_real[:n_ref]))
+    stats_real = evaluation.feature_stats(real_feats)
+    methods = {
+        "classifier_free": lambda w: {"name": "classifier_free", "scale": w},
+        "auto": lambda w: {"name": "auto", "scale": w, "weak_workdir": args.weak},
+        "interval": lambda w: {"name": "interval", "scale": w, "sigma_lo": 0.2, "sigma_hi": 5.0},
+        "rescale": lambda w: {"name": "rescale", "scale": w, "phi": 0.7},
+    }
+    scales = {name: args.scales for name in methods}
+    if args.classifier:
+        methods["classifier"] = lambda w: {"name": "classifier", "scale": w,
+                                           "classifier_workdir": args.classifier}
+        scales["classifier"] = args.classifier_scales
+    if args.methods:
+        methods = {k: v for k, v in methods.items() if k in args.methods}
+    labels = inference.default_labels(args.num, run.num_classes)
+    rows = []
+    for name, section in methods.items():
+        for w in scales[name]:
+            x = inference.generate(run, args.num, sampler=args.sampler, steps=args.steps,
+                                   guidance=section(w), seed=args.seed)
+            feats = np.asarray(clf.features(x))
+            row = dict(method=name, scale=w,
+                       accuracy=float(np.mean(np.asarray(clf.logits(x)).argmax(-1) == labels)),
+                       fd=evaluation.frechet_distance(*stats_real,
+                                                      *evaluation.feature_stats(feats)),
+                       spread=diversity(feats, labels, real_feats, np.asarray(y_real[:n_ref])))
+            rows.append(row)
+            print(f"{name:<16} w={w:<4g} accuracy {row['accuracy']:6.1%}  FD {row['fd']:.5f}  "
+                  f"spread {row['spread']:.2f}", flush=True)
+    print(f"\n{'method':<16} scale: accuracy / FD / spread")
+    for name in methods:
+        cells = [r for r in rows if r["method"] == name]
+        print(f"{name:<16}" + "  ".join(f"{r['scale']:g}: {r['accuracy']:.1%} / {r['fd']:.4f} / "
+                                        f"{r['spread']:.1f}" for r in cells))
+    tag = "_".join(args.methods) if args.methods else "all"
+    with open(os.path.join(args.workdir, f"guidance_sweep_{tag}.json"), "w",
+              encoding="utf-8") as f:
+        json.dump(rows, f, indent=1)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+        for name in methods:
+            cells = [r for r in rows if r["method"] == name]
+            ax[0].plot([r["fd"] for r in cells], [r["accuracy"] for r in cells], "o-", label=name)
+            ax[1].plot([r["scale"] for r in cells], [r["spread"] for r in cells], "o-",
+                       label=name)
+        ax[0].set_xlabel("Frechet distance (lower is better)")
+        ax[0].set_ylabel("class accuracy")
+        ax[1].set_xlabel("guidance scale")
+        ax[1].set_ylabel("feature spread / real data's")
+        ax[1].set_yscale("log")
+        ax[0].legend()
+        fig.tight_layout()
+        out = os.path.join(args.workdir, f"guidance_sweep_{tag}.png")
+        fig.savefig(out, dpi=100)
+        print("figure:", out)
+    except ImportError:
+        print("(matplotlib not installed: no figure)")
+
+
+if __name__ == "__main__":
+    main()
