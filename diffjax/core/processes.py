@@ -86,6 +86,15 @@ class Process:
         s = _bcast(self.sigma(t), x0)
         return a * x0 + s * eps, eps
 
+    def prior(self, keys, shape, sigma_max, dtype=jnp.float32):
+        """x_T at EDM-frame level sigma_max for per-example ``keys`` (B rows), each shaped ``shape``.
+
+        Gaussian: sigma_max * N(0, I), row b drawn from fold_in(keys[b], 0) (samplers.prior_noise).
+        """
+        from diffjax.core.samplers.base import prior_noise
+
+        return jnp.asarray(sigma_max, dtype) * prior_noise(keys, tuple(shape), dtype)
+
 
 def _bcast(v, x):
     v = jnp.asarray(v, x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
@@ -299,6 +308,19 @@ class PFGMPP(EDM):
 
         n = pfgmpp.perturbation(key, x0.shape, t, self.D)
         return x0 + n.astype(x0.dtype), n / _bcast(_f32(t), n)
+
+    def prior(self, keys, shape, sigma_max, dtype=jnp.float32):
+        """The PFGM++ prior R u with r = sigma_max sqrt(D) (row b from fold_in(keys[b], 0));
+        D = inf gives the Gaussian prior."""
+        if math.isinf(self.D):
+            return super().prior(keys, shape, sigma_max, dtype)
+        from diffjax.core import pfgmpp
+
+        # float32: JAX's default-float draws cast to float32, as before dtypes were threaded through
+        pdt = None if jnp.dtype(dtype) == jnp.float32 else dtype
+        draw = lambda k: pfgmpp.perturbation(jax.random.fold_in(k, 0), (1,) + tuple(shape),
+                                             sigma_max, self.D, pdt)[0]
+        return jax.vmap(draw)(keys).astype(dtype)
 
 
 PROCESSES = {

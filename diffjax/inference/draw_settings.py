@@ -67,10 +67,12 @@ def check_setting(name: str, value, origin: str | None = None, run: Run | None =
         if value not in samplers.SAMPLERS:
             raise ValueError(f"{origin}: unknown sampler {value!r}; expected one of "
                              f"{', '.join(sorted(samplers.SAMPLERS))}")
-        if value == "pfgmpp" and config is not None and not (
-                is_pfgmpp(run.process) if run is not None else
-                config.diffusion.process == "pfgmpp"):
-            raise ValueError(f"{origin}: " + pfgmpp_error(config.diffusion.process))
+        needs = samplers.get(value).requires_process     # PFGM++: its own prior
+        if needs is not None and config is not None:
+            from diffjax.training import step as step_lib
+            process = run.process if run is not None else step_lib.make_process(config.diffusion)
+            if not isinstance(process, needs):
+                raise ValueError(f"{origin}: " + pfgmpp_error(config.diffusion.process))
     elif name == "spacing":
         if value not in timesteps.SPACINGS:
             raise ValueError(f"{origin}: unknown spacing {value!r}; expected one of "

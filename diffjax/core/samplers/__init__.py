@@ -1,9 +1,12 @@
-"""Samplers: registry, the high-level ``sample`` entry point, inversion.
+"""Samplers: registry, the high-level ``sample`` entry point, the public stepper, inversion.
 
     from diffjax.core import samplers, timesteps, processes
     sig = timesteps.sigmas(processes.get('edm'), 18, 'karras')
     out = samplers.sample('heun', D, sig, key=key, shape=(64, 32, 32, 3), cond={'label': y})
     out.x, out.nfe
+
+Step by step (search, tree methods; see base.py): ``st = samplers.stepper('heun', D, sig)``,
+``state = st.init(x_T)``, ``state = st.step(state, i, noise)``.
 """
 from __future__ import annotations
 
@@ -12,21 +15,25 @@ import math
 import jax
 import jax.numpy as jnp
 
-from diffjax.core import pfgmpp
 from diffjax.core import processes as P
-from diffjax.core.samplers.base import (Sampler, SampleResult, SamplerState, example_keys,
-                                        prior_noise, push, run, step_noise)
+from diffjax.core.samplers.base import (Sampler, SampleResult, SamplerState, Stepper, example_keys,
+                                        float_dtype, prior_noise, push, run, step_noise, stepper)
 from diffjax.core.samplers.ddim import DDIM, DDPM, ancestral_split, ddim_step_deterministic
 from diffjax.core.samplers.dpm_solver import DPMPP_2M, DPMPP_3M
-from diffjax.core.samplers.edm import EULER, HEUN
+from diffjax.core.samplers.edm import EULER, HEUN, PFGMPP_HEUN
 from diffjax.core.samplers.evodiff import EVODIFF
 from diffjax.core.samplers.flow import FLOW_EULER, FLOW_MIDPOINT
 from diffjax.core.samplers.inversion import ddim_invert
 from diffjax.core.samplers.unipc import UNIPC, UNIPC_3
 
+__all__ = ["DDIM", "DDPM", "DPMPP_2M", "DPMPP_3M", "EULER", "EVODIFF", "FLOW_EULER", "FLOW_MIDPOINT",
+           "HEUN", "PFGMPP_HEUN", "SAMPLERS", "UNIPC", "UNIPC_3", "Sampler", "SampleResult",
+           "SamplerState", "Stepper", "ancestral_split", "ddim_invert", "ddim_step_deterministic",
+           "example_keys", "float_dtype", "get", "prior", "prior_noise", "push", "run", "sample",
+           "step_noise", "stepper"]
+
 SAMPLERS = {s.name: s for s in (DDPM, DDIM, EULER, HEUN, DPMPP_2M, DPMPP_3M, UNIPC, UNIPC_3,
-                                EVODIFF, FLOW_EULER, FLOW_MIDPOINT)}
-SAMPLERS["pfgmpp"] = HEUN  # PFGM++ = EDM Heun with the PFGM++ prior (Xu et al. 2023)
+                                EVODIFF, FLOW_EULER, FLOW_MIDPOINT, PFGMPP_HEUN)}
 
 
 def get(name: str) -> Sampler:
@@ -38,35 +45,54 @@ def get(name: str) -> Sampler:
 
 
 def prior(keys: jax.Array, shape, sigma_max, D: float = math.inf, dtype=jnp.float32):
-    """x_T for each example: sigma_max * N(0, I), or the PFGM++ prior R u with r = sigma_max sqrt(D)."""
-    if math.isinf(D):
-        return jnp.asarray(sigma_max, dtype) * prior_noise(keys, shape, dtype)
-    draw = lambda k: pfgmpp.perturbation(jax.random.fold_in(k, 0), (1,) + tuple(shape),
-                                         sigma_max, D)[0]
-    return jax.vmap(draw)(keys).astype(dtype)
+    """x_T for each example: sigma_max * N(0, I), or the PFGM++ prior R u with r = sigma_max sqrt(D).
+
+    Compatibility wrapper over ``processes.Process.prior`` / ``processes.PFGMPP(D=D).prior``.
+    """
+    proc = P.Process() if math.isinf(D) else P.PFGMPP(D=D)
+    return proc.prior(keys, shape, sigma_max, dtype)
+
+
+def _process_name(cls) -> str:
+    names = [k for k, v in P.PROCESSES.items() if v is cls]
+    return names[0] if names else cls.__name__
 
 
 def sample(sampler, denoiser, sigmas, *, key=None, keys=None, shape=None, x_init=None, cond=None,
            batch_offset=0, process: P.Process | None = None, return_trajectory: bool = False,
-           **knobs) -> SampleResult:
+           dtype=None, **knobs) -> SampleResult:
     """Draw samples: x_T from the prior at sigmas[0] (unless x_init is given), then ``run``.
 
-    Per-example keys are fold_in(key, batch_offset + b) unless ``keys`` is given. A PFGM++ process
-    (or sampler='pfgmpp' with process=PFGMPP(D=...)) draws x_T from the PFGM++ prior.
+    The prior is ``process.prior`` (Gaussian sigma_max N(0, I) without a process; a PFGM++ process
+    draws from the PFGM++ prior; sampler 'pfgmpp' requires one). Per-example keys are
+    fold_in(key, batch_offset + b) unless ``keys`` is given; they are needed to draw x_T and by
+    stochastic samplers, not for a deterministic sampler started from ``x_init``. ``dtype`` (default:
+    x_init's, else float32; at least float32) is the dtype of x_T, grid, knobs and noise.
     """
-    name = sampler if isinstance(sampler, str) else sampler.name
     s = get(sampler)
     if x_init is None and shape is None:
         raise ValueError("pass shape=(B, ...) or x_init")
+    if x_init is not None:
+        x_init = jnp.asarray(x_init)
+    dtype = float_dtype(None if x_init is None else x_init.dtype, dtype)
     batch = (x_init.shape if x_init is not None else shape)[0]
+    stochastic = s.uses_noise(**knobs)
     if keys is None:
-        if key is None:
-            raise ValueError("pass key= (or per-example keys=)")
-        keys = example_keys(key, batch, batch_offset)
+        if key is not None:
+            keys = example_keys(key, batch, batch_offset)
+        elif x_init is None:
+            raise ValueError("pass key= (or per-example keys=) to draw x_T from the prior, "
+                             "or pass x_init")
+        elif stochastic:
+            raise ValueError(f"sampler {s.name!r} is stochastic with these options: pass key= "
+                             "(or per-example keys=)")
     if x_init is None:
-        D_aug = process.D if isinstance(process, P.PFGMPP) else math.inf
-        if name == "pfgmpp" and math.isinf(D_aug):
-            raise ValueError("sampler 'pfgmpp' needs process=processes.get('pfgmpp', D=...)")
-        x_init = prior(keys, tuple(shape[1:]), jnp.asarray(sigmas)[0], D_aug)
+        need = s.requires_process
+        if need is not None and not isinstance(process, need):
+            raise ValueError(f"sampler {s.name!r} draws x_T from the {need.__name__} prior: pass "
+                             f"process=processes.get({_process_name(need)!r}, ...) (got "
+                             f"{'no process' if process is None else repr(process.name)})")
+        proc = process if process is not None else P.Process()
+        x_init = proc.prior(keys, tuple(shape[1:]), jnp.asarray(sigmas)[0], dtype)
     return run(s, denoiser, x_init, sigmas, keys=keys if s.needs_noise else None, cond=cond,
-               return_trajectory=return_trajectory, **knobs)
+               return_trajectory=return_trajectory, dtype=dtype, **knobs)

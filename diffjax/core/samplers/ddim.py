@@ -32,11 +32,13 @@ def _ddim_step(state: SamplerState, sigma, sigma_next, D, noise, knobs):
     x_next = x0 + down * eps
     if noise is not None:
         x_next = x_next + up * noise
-    return state._replace(x=x_next, nfe=state.nfe + 1)
+    return state._replace(x=x_next, nfe=state.nfe + 1, x0=x0)
 
 
-DDIM = Sampler(name="ddim", step=_ddim_step, needs_noise=True, defaults=(("eta", 0.0),))
-DDPM = Sampler(name="ddpm", step=_ddim_step, needs_noise=True, defaults=(("eta", 1.0),))
+DDIM = Sampler(name="ddim", step=_ddim_step, needs_noise=True, defaults=(("eta", 0.0),),
+               noise_knobs=("eta",))
+DDPM = Sampler(name="ddpm", step=_ddim_step, needs_noise=True, defaults=(("eta", 1.0),),
+               noise_knobs=("eta",))
 
 
 def ddim_step_deterministic(x, sigma, sigma_next, D):

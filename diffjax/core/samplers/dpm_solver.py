@@ -82,7 +82,7 @@ def _make(order):
         o = step_order(state.i, knobs["solver_steps"], order, sigma_next, knobs["lower_order_final"])
         x_next = dpmpp_update(state.x, sigma, sigma_next, m0, state.x0_hist, state.sigma_hist, o)
         h, s = push(state, m0, sigma)
-        return state._replace(x=x_next, nfe=state.nfe + 1, x0_hist=h, sigma_hist=s)
+        return state._replace(x=x_next, nfe=state.nfe + 1, x0_hist=h, sigma_hist=s, x0=m0)
 
     return step
 

@@ -11,9 +11,12 @@ its own prior (see core/pfgmpp.py).
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
+from diffjax.core import processes
 from diffjax.core.samplers.base import Sampler, SamplerState
 
 _CHURN = (("s_churn", 0.0), ("s_tmin", 0.0), ("s_tmax", float("inf")), ("s_noise", 1.0))
@@ -33,23 +36,32 @@ def _churn(x, sigma, noise, knobs):
 
 def _euler_step(state: SamplerState, sigma, sigma_next, D, noise, knobs):
     x_hat, s_hat = _churn(state.x, sigma, noise, knobs)
-    d = (x_hat - D(x_hat, s_hat)) / s_hat
-    return state._replace(x=x_hat + (sigma_next - s_hat) * d, nfe=state.nfe + 1)
+    x0 = D(x_hat, s_hat)
+    d = (x_hat - x0) / s_hat
+    return state._replace(x=x_hat + (sigma_next - s_hat) * d, nfe=state.nfe + 1, x0=x0)
 
 
 def _heun_step(state: SamplerState, sigma, sigma_next, D, noise, knobs):
     x_hat, s_hat = _churn(state.x, sigma, noise, knobs)
-    d = (x_hat - D(x_hat, s_hat)) / s_hat
+    x0 = D(x_hat, s_hat)
+    d = (x_hat - x0) / s_hat
     x_e = x_hat + (sigma_next - s_hat) * d
 
     def correct(_):
         s_safe = jnp.where(sigma_next > 0, sigma_next, 1.0)
-        d2 = (x_e - D(x_e, s_safe)) / s_safe
-        return x_hat + (sigma_next - s_hat) * 0.5 * (d + d2), jnp.int32(2)
+        x0_e = D(x_e, s_safe)
+        d2 = (x_e - x0_e) / s_safe
+        return x_hat + (sigma_next - s_hat) * 0.5 * (d + d2), jnp.int32(2), x0_e
 
-    x_next, calls = jax.lax.cond(sigma_next > 0, correct, lambda _: (x_e, jnp.int32(1)), None)
-    return state._replace(x=x_next, nfe=state.nfe + calls)
+    x_next, calls, x0 = jax.lax.cond(sigma_next > 0, correct,
+                                     lambda _: (x_e, jnp.int32(1), x0), None)
+    return state._replace(x=x_next, nfe=state.nfe + calls, x0=x0)
 
 
-EULER = Sampler(name="euler", step=_euler_step, needs_noise=True, defaults=_CHURN)
-HEUN = Sampler(name="heun", step=_heun_step, needs_noise=True, defaults=_CHURN)
+EULER = Sampler(name="euler", step=_euler_step, needs_noise=True, defaults=_CHURN,
+                noise_knobs=("s_churn",))
+HEUN = Sampler(name="heun", step=_heun_step, needs_noise=True, defaults=_CHURN,
+               noise_knobs=("s_churn",))
+# PFGM++ = EDM Heun with the PFGM++ prior (Xu et al. 2023): ``samplers.sample`` draws x_T from
+# ``process.prior`` and requires a processes.PFGMPP process for it.
+PFGMPP_HEUN = dataclasses.replace(HEUN, name="pfgmpp", requires_process=processes.PFGMPP)

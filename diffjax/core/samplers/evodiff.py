@@ -174,41 +174,42 @@ def _step(state: SamplerState, sigma, sigma_next, D, noise, knobs):
     sigma_min = knobs["sigma_min"]
     hist, sig = state.x0_hist, state.sigma_hist
     x = state.x
-    cast = lambda v: jnp.asarray(v, jnp.float32)
+    cast = lambda v: jnp.asarray(v, sig.dtype)
 
-    def out(x_next, h0, h1, s0, s1, calls):
+    def out(x_next, h0, h1, s0, s1, calls, x0):
         return (x_next.astype(x.dtype), jnp.stack([h0, h1]).astype(hist.dtype),
-                jnp.stack([cast(s0), cast(s1)]), jnp.int32(calls))
+                jnp.stack([cast(s0), cast(s1)]), jnp.int32(calls), x0.astype(x.dtype))
 
     def to_zero(_):  # i = N-1: first-order step with a fresh evaluation (= D(x, sigma) into 0)
         m = D(x, sigma)
         ratio = sigma_next / sigma
-        return out(ratio * x + (1.0 - ratio) * m, hist[0], hist[1], sig[0], sig[1], 1)
+        return out(ratio * x + (1.0 - ratio) * m, hist[0], hist[1], sig[0], sig[1], 1, m)
 
     def warm_up(_):  # i = 0: DDIM, then the evaluation at sigma_1 the next step needs
         m0 = D(x, sigma)
         x1, _ = _euler(x, sigma, sigma_next, m0)
         if n >= 3:
-            return out(x1, D(x1, sigma_next), m0, sigma_next, sigma, 2)
-        return out(x1, m0, hist[0], sigma, sig[0], 1)
+            m1 = D(x1, sigma_next)
+            return out(x1, m1, m0, sigma_next, sigma, 2, m1)
+        return out(x1, m0, hist[0], sigma, sig[0], 1, m0)
 
     def last_solver(_):  # i = N-2 >= 1: lower_order_final, reuses m(sigma_{N-2}), m(sigma_{N-3})
         x_t = final_solver_update(x, sigma, sigma_next, hist[0], hist[1])
-        return out(x_t, hist[0], hist[1], sig[0], sig[1], 0)
+        return out(x_t, hist[0], hist[1], sig[0], sig[1], 0, hist[0])   # no NFE: latest held
 
     def second(_):  # 1 <= i <= N-3
         x_t, m_t = second_order_step(x, sigma, sigma_next, hist[0], hist[1], sig[1], D,
                                      sigma_max, sigma_min, uses_long_schedule(n))
-        return out(x_t, m_t, hist[0], sigma_next, sig[0], 1)
+        return out(x_t, m_t, hist[0], sigma_next, sig[0], 1, m_t)
 
     # Only the branches reachable for this (static) N are built: N = 1 -> [to_zero],
     # N = 2 -> + warm_up, N = 3 -> + last_solver, N >= 4 -> + second.
     branches = [to_zero, warm_up, last_solver, second][:min(n, 4)]
     branch = jnp.where(i == n - 1, 0, jnp.where(i == 0, 1, jnp.where(i == n - 2, 2, 3)))
-    x_next, hist, sig, calls = jax.lax.switch(branch, branches, None)
+    x_next, hist, sig_next, calls, x0 = jax.lax.switch(branch, branches, None)
     return state._replace(x=x_next, nfe=state.nfe + calls, x0_hist=hist,
-                          sigma_hist=sig, aux=cast(sigma_max))
+                          sigma_hist=sig_next, aux=cast(sigma_max), x0=x0)
 
 
 EVODIFF = Sampler(name="evodiff", step=_step, history=2, defaults=(("sigma_min", 0.002),),
-                  init_aux=lambda x: jnp.zeros((), jnp.float32))
+                  init_aux=lambda x, dtype: jnp.zeros((), dtype))

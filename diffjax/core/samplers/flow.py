@@ -17,23 +17,25 @@ def _t(sigma):
 
 def _velocity(D, x_t, t):
     x0 = D(x_t / (1.0 - t), t / (1.0 - t))
-    return (x_t - x0) / t
+    return (x_t - x0) / t, x0
 
 
 def _euler(state: SamplerState, sigma, sigma_next, D, noise, knobs):
     t, tn = _t(sigma), _t(sigma_next)
     x_t = (1.0 - t) * state.x
-    x_n = x_t + (tn - t) * _velocity(D, x_t, t)
-    return state._replace(x=x_n / (1.0 - tn), nfe=state.nfe + 1)
+    u, x0 = _velocity(D, x_t, t)
+    x_n = x_t + (tn - t) * u
+    return state._replace(x=x_n / (1.0 - tn), nfe=state.nfe + 1, x0=x0)
 
 
 def _midpoint(state: SamplerState, sigma, sigma_next, D, noise, knobs):
     t, tn = _t(sigma), _t(sigma_next)
     tm = 0.5 * (t + tn)
     x_t = (1.0 - t) * state.x
-    x_m = x_t + (tm - t) * _velocity(D, x_t, t)
-    x_n = x_t + (tn - t) * _velocity(D, x_m, tm)
-    return state._replace(x=x_n / (1.0 - tn), nfe=state.nfe + 2)
+    x_m = x_t + (tm - t) * _velocity(D, x_t, t)[0]
+    u, x0 = _velocity(D, x_m, tm)
+    x_n = x_t + (tn - t) * u
+    return state._replace(x=x_n / (1.0 - tn), nfe=state.nfe + 2, x0=x0)
 
 
 FLOW_EULER = Sampler(name="flow_euler", step=_euler)

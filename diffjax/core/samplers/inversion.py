@@ -13,13 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.core.samplers.base import float_dtype
 
-def ddim_invert(denoiser, x, sigmas_up, *, cond=None, fixed_point_iters: int = 0):
+
+def ddim_invert(denoiser, x, sigmas_up, *, cond=None, fixed_point_iters: int = 0, dtype=None):
     """Map x (taken to be at noise level sigmas_up[0] > 0) up the increasing grid ``sigmas_up``.
 
     Returns (x_T, nfe). Sampling back with DDIM (eta = 0) on the reversed grid returns x; with
     ``fixed_point_iters`` > 0 each step is solved implicitly, so the round trip is exact up to the
-    fixed-point tolerance.
+    fixed-point tolerance. The grid is cast to ``dtype`` (default: x's, at least float32).
     """
     try:
         a = np.asarray(sigmas_up)
@@ -31,7 +33,8 @@ def ddim_invert(denoiser, x, sigmas_up, *, cond=None, fixed_point_iters: int = 0
             raise ValueError("sigmas_up must be strictly increasing for inversion")
     except (TypeError, jax.errors.TracerArrayConversionError):
         pass
-    sigmas_up = jnp.asarray(sigmas_up, jnp.float32)
+    x = jnp.asarray(x)
+    sigmas_up = jnp.asarray(sigmas_up, float_dtype(x.dtype, dtype))
     D = lambda y, s: denoiser(y, s, cond)
 
     def step(x_a, s):

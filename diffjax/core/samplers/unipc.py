@@ -58,13 +58,13 @@ def _update(x_s0, s0, t, m0, older, older_sig, p, model_t=None):
     base = (t / s0) * x_s0 + (1.0 - t / s0) * m0
     rks = [jnp.log(s0 / sk) / h for sk in older_sig[: p - 1]]
     Ds = [(mk - m0) / rk for mk, rk in zip(older[: p - 1], rks)]
-    R, b, B_h = _coeffs(rks + [jnp.float32(1.0)], hh)
+    R, b, B_h = _coeffs(rks + [jnp.ones((), h.dtype)], hh)
     if model_t is None:
         if p == 1:
             return base
-        rho = jnp.array([0.5]) if p == 2 else jnp.linalg.solve(R[:-1, :-1], b[:-1])
+        rho = jnp.array([0.5], b.dtype) if p == 2 else jnp.linalg.solve(R[:-1, :-1], b[:-1])
         return base - B_h * sum(rho[k] * Ds[k] for k in range(p - 1))
-    rho = jnp.array([0.5]) if p == 1 else jnp.linalg.solve(R, b)
+    rho = jnp.array([0.5], b.dtype) if p == 1 else jnp.linalg.solve(R, b)
     res = sum((rho[k] * Ds[k] for k in range(p - 1)), jnp.zeros_like(m0))
     return base - B_h * (res + rho[-1] * (model_t - m0))
 
@@ -92,12 +92,12 @@ def _make(order):
                 for p in range(1, order + 1)]
         x_next = _select(o, pred)
         return state._replace(x=x_next, nfe=state.nfe + 1, x0_hist=hist, sigma_hist=sig,
-                              aux=(x, o))
+                              aux=(x, o), x0=m)
 
     return step
 
 
-def _init_aux(x):
+def _init_aux(x, dtype):
     return (x, jnp.int32(1))
 
 
