@@ -29,6 +29,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.12"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+        "experiments": ["matplotlib>=3.8"],   # the figures of experiments/*.py
     },
     entry_points={"console_scripts": ["diffjax=diffjax.cli:main"]},
 )

@@ -65,7 +65,7 @@ def test_flags_commands_and_arguments_are_checked(tmp_path):
     ("evaluate", ["--guidance", "-0.5"], "pass --allow_negative_guidance"),
     ("sample", ["--guidance", "nan"], "--guidance must be a finite number"),
     ("sample", ["--guidance", "cfgg"], "--guidance.name: unknown guidance method 'cfgg'; the "
-                                       "registered ones are auto, classifier_free, interval"),
+                                       "registered ones are auto, classifier, classifier_free"),
     ("sample", ["--guidance", "classifier_free", "--guidance.eta=1"],
      "--guidance: guidance method 'classifier_free' has no field(s) eta; its fields: "
      "--guidance.scale"),

@@ -48,7 +48,7 @@ def test_defaults_come_from_the_section_and_given_values_are_used_as_given():
     ({"spacing": "cosine"}, "--spacing: unknown spacing 'cosine'"),
     ({"guidance": float("inf")}, "--guidance.scale must be a finite number"),
     ({"guidance": "cfgg"}, "--guidance.name: unknown guidance method 'cfgg'; the registered ones "
-                           "are auto, classifier_free, interval"),
+                           "are auto, classifier, classifier_free"),
     ({"guidance": {"scale": 2.0, "eta": 1.0}}, "--guidance: guidance method 'classifier_free' has "
                                                 "no field(s) eta; its fields: --guidance.scale"),
     ({"guidance": {"scale": "lots"}}, "--guidance.scale must be a number, got 'lots'"),

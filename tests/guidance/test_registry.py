@@ -39,7 +39,7 @@ def test_scale_one_and_none_are_the_identity_statically():
 
 @pytest.mark.parametrize("value, needle", [
     ({"name": "cfgg"}, "unknown guidance method 'cfgg'; the registered ones are auto, "
-                       "classifier_free"),
+                       "classifier, classifier_free"),
     ({"name": "classifier_free", "tau": 1}, "has no field(s) tau; its fields: g.scale"),
     ({"scale": "x"}, "g.scale must be a number"),
     ({"scale": float("nan")}, "g.scale must be a finite number"),
