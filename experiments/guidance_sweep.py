@@ -57,6 +57,34 @@ def diversity(feats: np.ndarray, labels: np.ndarray, real_feats: np.ndarray,
     return float(np.mean(ratios))
 
 
+def plot(rows: list, out: str):
+    """Accuracy vs FD and spread vs scale, one line per method (needs the 'experiments' extra)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: pip install -e '.[experiments]' for the figure)")
+        return
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for name in methods:
+        cells = [r for r in rows if r["method"] == name]
+        spread = [r.get("spread", r.get("diversity")) for r in cells]
+        ax[0].plot([r["fd"] for r in cells], [r["accuracy"] for r in cells], "o-", label=name)
+        ax[1].plot([r["scale"] for r in cells], spread, "o-", label=name)
+    ax[0].set_xscale("log")
+    ax[0].set_xlabel("Frechet distance (lower is better)")
+    ax[0].set_ylabel("class accuracy")
+    ax[1].set_xlabel("guidance scale")
+    ax[1].set_ylabel("feature spread / real data's")
+    ax[1].set_yscale("log")
+    ax[0].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print("figure:", out)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", required=True)
@@ -116,28 +144,7 @@ def main(argv=None):
     with open(os.path.join(args.workdir, f"guidance_sweep_{tag}.json"), "w",
               encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-        for name in methods:
-            cells = [r for r in rows if r["method"] == name]
-            ax[0].plot([r["fd"] for r in cells], [r["accuracy"] for r in cells], "o-", label=name)
-            ax[1].plot([r["scale"] for r in cells], [r["spread"] for r in cells], "o-",
-                       label=name)
-        ax[0].set_xlabel("Frechet distance (lower is better)")
-        ax[0].set_ylabel("class accuracy")
-        ax[1].set_xlabel("guidance scale")
-        ax[1].set_ylabel("feature spread / real data's")
-        ax[1].set_yscale("log")
-        ax[0].legend()
-        fig.tight_layout()
-        out = os.path.join(args.workdir, f"guidance_sweep_{tag}.png")
-        fig.savefig(out, dpi=100)
-        print("figure:", out)
-    except ImportError:
-        print("(matplotlib not installed: no figure)")
+    plot(rows, os.path.join(args.workdir, f"guidance_sweep_{tag}.png"))
 
 
 if __name__ == "__main__":
