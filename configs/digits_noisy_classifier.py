@@ -1,9 +1,13 @@
 """A noise-conditioned classifier p(y | x, sigma) of the Quickstart's digits, for classifier guidance
-(Dhariwal & Nichol 2021): the ADM encoder (``noisy_classifier``: 16 channels x1, x2, x2, one
-residual block per level, mean pooling) trained with the ``noisy_classifier`` objective on the
-digits at EDM's log-normal noise levels.
+(Dhariwal & Nichol 2021): the ADM encoder (preset ``noisy_classifier_tiny``: 32 channels x1, x2,
+one residual block per level, attention at 8x8, attention pooling; 0.38M parameters) trained with
+the ``noisy_classifier`` objective on the digits at EDM's log-normal noise levels. Attention
+pooling matters here: with mean pooling and GroupNorm over <= 1 channel per group (32 groups, <= 32
+channels) every channel is normalized over space, and its spatial mean carries almost no class
+information (measured: 42% accuracy on nearly clean digits with mean pooling, 100% with attention
+pooling, both after 300 steps).
 
-    diffjax train --config configs/digits_noisy_classifier.py --workdir /tmp/digits_clf   # ~1 min
+    diffjax train --config configs/digits_noisy_classifier.py --workdir /tmp/digits_clf   # ~3 min
     diffjax sample --workdir /tmp/digits --guidance classifier \\
         --guidance.classifier_workdir /tmp/digits_clf --guidance.scale 2 --out clf.png
 """
@@ -11,9 +15,7 @@ from diffjax.training.config import base
 
 
 def get_config(arg=None):
-    c = base("noisy_classifier_tiny", input_shape=(16, 16, 1), num_classes=10, model_channels=16,
-             channel_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), num_head_channels=16,
-             pool="mean", resblock_updown=False, conv_resample=False)
+    c = base("noisy_classifier_tiny", input_shape=(16, 16, 1), num_classes=10)
     c.objective.name = "noisy_classifier"
     c.total_steps = 600
     c.batch_size = 64
@@ -29,6 +31,6 @@ def get_config(arg=None):
     c.ema.power_stds = ()
     c.checkpoint.every = 600
     c.sample.num = 0            # a classifier: nothing to sample or evaluate
-    c.sample.params = "decay_0.999"
+    c.sample.params = "params"  # 600 steps: a 0.999 EMA would still weigh the initial weights
     c.eval.at_end = False
     return c

@@ -16,46 +16,18 @@ its params are an argument of the compiled program, so a new scale never recompi
 """
 from __future__ import annotations
 
-import functools
-import os
-
 import jax.numpy as jnp
 
 from diffjax.core import denoisers
+from diffjax.guidance import other_runs
 from diffjax.guidance.registry import Method, register
 
 
-@functools.lru_cache(maxsize=4)
-def _load_weak(workdir: str, params: str, step: int, mesh):
-    from diffjax import inference
-
-    config = inference.load_config(workdir)
-    name = params or config.sample.params
-    run = inference.load(workdir, step=None if step < 0 else step, config=config, params=name,
-                         mesh=mesh)
-    return run, name
-
-
 def prepare(section, run):
-    workdir = section["weak_workdir"]
-    if not workdir:
-        raise ValueError("guidance auto needs the weak model's run: --guidance.weak_workdir DIR "
-                         "(config.sample.guidance.weak_workdir), e.g. one trained with "
-                         "configs/digits_weak.py")
-    if not os.path.isfile(os.path.join(workdir, "config.json")):
-        raise ValueError(f"guidance auto: weak_workdir {workdir!r} is not a diffjax training "
-                         f"workdir (no config.json); train the weak model there first, e.g. "
-                         f"diffjax train --config configs/digits_weak.py --workdir {workdir}")
-    weak, name = _load_weak(os.path.abspath(workdir), section["weak_params"],
-                            int(section["weak_step"]), run.mesh)
-    if tuple(weak.example_shape) != tuple(run.example_shape):
-        raise ValueError(f"guidance auto: the weak run {workdir!r} draws examples of shape "
-                         f"{tuple(weak.example_shape)}, this run {tuple(run.example_shape)}: "
-                         f"train the weak model on the same data")
-    if weak.num_classes != run.num_classes:
-        raise ValueError(f"guidance auto: the weak run {workdir!r} has {weak.num_classes} "
-                         f"classes, this run {run.num_classes}: the weak model must take the "
-                         f"same conditioning")
+    weak, name = other_runs.load("auto", "weak_workdir", section["weak_workdir"],
+                                 section["weak_params"], section["weak_step"], run,
+                                 what="the weak model's run", config_file="configs/digits_weak.py")
+    other_runs.check_compatible("auto", section["weak_workdir"], weak, run, "the weak run")
     return weak.den, weak.params[name]
 
 

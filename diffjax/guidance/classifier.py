@@ -18,11 +18,11 @@ Registered as ``classifier``:
 from __future__ import annotations
 
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
 
+from diffjax.guidance import other_runs
 from diffjax.guidance.registry import Method, register
 
 
@@ -62,49 +62,27 @@ def classifier_guidance(D, logp, params, scale):
     return guided
 
 
-@functools.lru_cache(maxsize=4)
-def _load(workdir: str, params: str, step: int, mesh):
-    from diffjax import inference
-
-    config = inference.load_config(workdir)
-    name = params or config.sample.params
-    run = inference.load(workdir, step=None if step < 0 else step, config=config, params=name,
-                         mesh=mesh)
-    model = run.model
-    apply_fn = lambda p, x, t: model.apply({"params": p}, x, t)
-    return network_logp(apply_fn, int(config.model.num_classes),
-                        float(config.diffusion.sigma_data)), run, name
-
-
 def prepare(section, run):
+    clf, name = other_runs.load("classifier", "classifier_workdir", section["classifier_workdir"],
+                                section["classifier_params"], section["classifier_step"], run,
+                                what="the noisy classifier's run",
+                                config_file="configs/digits_noisy_classifier.py")
     workdir = section["classifier_workdir"]
-    if not workdir:
-        raise ValueError("guidance classifier needs the noisy classifier's run: "
-                         "--guidance.classifier_workdir DIR (config.sample.guidance."
-                         "classifier_workdir), e.g. one trained with "
-                         "configs/digits_noisy_classifier.py")
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
-        raise ValueError(f"guidance classifier: classifier_workdir {workdir!r} is not a diffjax "
-                         f"training workdir (no config.json); train the classifier there first, "
-                         f"e.g. diffjax train --config configs/digits_noisy_classifier.py "
-                         f"--workdir {workdir}")
-    from diffjax import inference
-    cfg = inference.load_config(workdir)
-    if cfg.get("objective", {}).get("name") != "noisy_classifier":
+    if clf.config.get("objective", {}).get("name") != "noisy_classifier":
         raise ValueError(f"guidance classifier: the run in {workdir!r} was not trained with "
                          f"objective 'noisy_classifier' (config.objective.name); train one with "
                          f"configs/digits_noisy_classifier.py")
-    if int(cfg.model.num_classes) != run.num_classes:
-        raise ValueError(f"guidance classifier: the classifier in {workdir!r} has "
-                         f"{cfg.model.num_classes} classes, this run {run.num_classes}")
-    logp, clf, name = _load(os.path.abspath(workdir), section["classifier_params"],
-                            int(section["classifier_step"]), run.mesh)
-    if tuple(clf.example_shape) != tuple(run.example_shape):
-        raise ValueError(f"guidance classifier: the classifier in {workdir!r} takes examples of "
-                         f"shape {tuple(clf.example_shape)}, this run draws "
-                         f"{tuple(run.example_shape)}")
+    other_runs.check_compatible("classifier", workdir, clf, run, "the classifier")
+    logp = _logp(clf.model, int(clf.config.model.num_classes),
+                 float(clf.config.diffusion.sigma_data))
     return logp, clf.params[name]
+
+
+@functools.lru_cache(maxsize=8)
+def _logp(model, num_classes: int, sigma_data: float):
+    """One function per classifier (its identity selects the compiled program)."""
+    apply_fn = lambda p, x, t: model.apply({"params": p}, x, t)
+    return network_logp(apply_fn, num_classes, sigma_data)
 
 
 register(Method(

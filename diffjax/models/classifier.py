@@ -4,7 +4,9 @@ NoisyClassifier (Dhariwal & Nichol 2021, ADM Sec. 4, "EncoderUNetModel"): the en
 middle block of the ADM U-Net, conditioned on the noise label, then
     pool='attention': GN, SiLU, attention pooling (CLIP's AttentionPool2d: the mean token attends to
                       [mean; tokens] + learned positions) -> logits;
-    pool='mean':      GN, SiLU, spatial mean -> Linear0 -> logits.
+    pool='mean':      GN, SiLU, spatial mean -> Linear0 -> logits (needs >= 2 channels per GroupNorm
+                      group: with one, each channel is normalized over space and its spatial mean
+                      carries almost no information; small models want 'attention').
 Classifier guidance uses grad_x log p(y | x_t, t) (ADM Eq. 10 / Algorithm 1).
 
 Classifier: a small GroupNorm ResNet on clean images, ``apply(v, x) -> logits`` and
