@@ -98,7 +98,17 @@ def main(argv=None):
     ap.add_argument("--sampler", default="dpmpp_2m")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--from-json", nargs="+", default=None,
+                    help="only draw the figure (WORKDIR/guidance_sweep.png) from rows this script "
+                         "wrote")
     args = ap.parse_args(argv)
+    if args.from_json:
+        rows = []
+        for path in args.from_json:
+            with open(path, encoding="utf-8") as f:
+                rows += json.load(f)
+        plot(rows, os.path.join(args.workdir, "guidance_sweep.png"))
+        return
     ensure_trained(args.workdir, os.path.join(ROOT, "configs", "digits.py"))
     ensure_trained(args.weak, os.path.join(ROOT, "configs", "digits_weak.py"))
     run = inference.load(args.workdir)
