@@ -11,7 +11,7 @@ method's own fields}, and the CLI takes ``--guidance NAME --guidance.scale W --g
 sampling program (changing them never recompiles).
 """
 from diffjax.guidance.registry import (METHODS, Context, Method, apply, compose, describe, get,
-                                       prepare,
+                                       check, prepare,
                                        register, resolve, split, traced_values)
 from diffjax.guidance.classifier_free import classifier_free  # noqa: E402  (registers itself)
 from diffjax.guidance import identity as _identity  # noqa: E402,F401  (registers 'none')

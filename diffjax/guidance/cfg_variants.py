@@ -90,8 +90,27 @@ def scheduled(D, ctx, scale, sigma_min, sigma_max, schedule):
     return guided
 
 
+def check_interval(f, sigmas):
+    import numpy as np
+    lo, hi = f["sigma_lo"], f["sigma_hi"]
+    if not lo < hi:
+        raise ValueError(f"guidance interval: sigma_lo ({lo:g}) must be below sigma_hi ({hi:g})")
+    grid = np.asarray(sigmas)[:-1]          # the levels the denoiser is called at (not the final 0)
+    if not np.any((grid > lo) & (grid <= hi)):
+        raise ValueError(f"guidance interval ({lo:g}, {hi:g}] holds none of the sampling grid's "
+                         f"noise levels ({grid.min():.4g} .. {grid.max():.4g}): guidance would "
+                         f"never apply; widen the interval or use more steps")
+
+
+def check_schedule(f, sigmas):
+    if not 0 < f["sigma_min"] < f["sigma_max"]:
+        raise ValueError(f"guidance scheduled: need 0 < sigma_min < sigma_max, got "
+                         f"{f['sigma_min']:g} and {f['sigma_max']:g}")
+
+
 _unit = lambda f: f["scale"] == 1.0
 register(Method(name="interval", make=interval, needs_classes=True, identity=_unit,
+                check=check_interval,
                 fields=(("scale", 1.0), ("sigma_lo", 0.28), ("sigma_hi", 5.42)),
                 help="classifier-free guidance only for sigma_lo < sigma <= sigma_hi "
                      "(Kynkaanniemi et al. 2024), the conditional model elsewhere"))
@@ -100,6 +119,7 @@ register(Method(name="rescale", make=rescale, needs_classes=True, identity=_unit
                 help="classifier-free guidance rescaled to the conditional prediction's std "
                      "(Lin et al. 2024): phi mixes rescaled and plain, space eps or x0"))
 register(Method(name="scheduled", make=scheduled, needs_classes=True, identity=_unit,
+                check=check_schedule,
                 fields=(("scale", 1.0), ("sigma_min", 0.002), ("sigma_max", 80.0),
                         ("schedule", "linear")),
                 help="classifier-free guidance with a scale that follows the noise level: "

@@ -48,6 +48,9 @@ class Method:
     # program, ``state`` (a pytree of arrays: its params) is passed to it as an argument; make is
     # then called as make(D, ctx, static, state, **fields).
     prepare: Callable | None = None
+    # check(fields, sigmas) raises ValueError for fields that cannot work on the sampling grid
+    # ``sigmas`` (e.g. a guidance interval no noise level of the grid falls in)
+    check: Callable | None = None
 
     def defaults(self) -> dict:
         return dict(self.fields)
@@ -162,6 +165,14 @@ def prepare(section: Mapping, run) -> tuple[tuple, Any]:
         return static, None
     pstatic, state = method.prepare(section, run)
     return split(section, pstatic)[0], state
+
+
+def check(section: Mapping, sigmas) -> None:
+    """Refuse a section whose method cannot work on the grid ``sigmas`` (``Method.check``)."""
+    method = get(section["name"])
+    static, _ = split(section)
+    if method.check is not None and not static[1]:
+        method.check({k: section[k] for k, _ in method.fields}, sigmas)
 
 
 def traced_values(section: Mapping, dtype=jnp.float32) -> dict:

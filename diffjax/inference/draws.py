@@ -79,6 +79,8 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
     else:
         labels = np.zeros((num,), np.int32)
     sec = resolve_for(run, guidance)
+    from diffjax.core import timesteps
+    guidance_lib.check(sec, timesteps.sigmas(run.process, int(steps), spacing))
     gstatic, gstate = guidance_lib.prepare(sec, run)
     gvals = guidance_lib.traced_values(sec)
     knobs = {k: jnp.float32(v) for k, v in (knobs or {}).items()}

@@ -132,3 +132,22 @@ def test_autoguidance_scale_does_not_recompile():
     assert prog.fn._cache_size() == 1
     assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
     assert cfg_variants.SCHEDULES[0] == "constant"
+
+
+def test_an_interval_or_schedule_that_cannot_work_on_the_grid_is_refused():
+    sig = np.asarray([80.0, 10.0, 1.0, 0.1, 0.0])
+    guidance.check(guidance.resolve({"name": "interval", "scale": 2.0, "sigma_lo": 0.5,
+                                     "sigma_hi": 5.0}), sig)                 # holds sigma = 1
+    with pytest.raises(ValueError, match=r"\(2, 5\] holds none of the sampling grid's noise "
+                                         r"levels \(0.1 .. 80\)"):
+        guidance.check(guidance.resolve({"name": "interval", "scale": 2.0, "sigma_lo": 2.0,
+                                         "sigma_hi": 5.0}), sig)
+    with pytest.raises(ValueError, match=r"sigma_lo \(5\) must be below sigma_hi \(1\)"):
+        guidance.check(guidance.resolve({"name": "interval", "scale": 2.0, "sigma_lo": 5.0,
+                                         "sigma_hi": 1.0}), sig)
+    with pytest.raises(ValueError, match="need 0 < sigma_min < sigma_max"):
+        guidance.check(guidance.resolve({"name": "scheduled", "scale": 2.0, "sigma_min": 3.0,
+                                         "sigma_max": 1.0}), sig)
+    # at the neutral scale nothing is applied, so nothing is refused
+    guidance.check(guidance.resolve({"name": "interval", "scale": 1.0, "sigma_lo": 2.0,
+                                     "sigma_hi": 5.0}), sig)
