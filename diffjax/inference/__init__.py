@@ -14,7 +14,7 @@ registry transform of the denoiser -> sampler stepper under lax.scan, sharded ov
 """
 from diffjax.inference.loading import (Run, default_mesh, from_state, load, load_config,
                                        load_info, param_names, pick_params, save_run_info)
-from diffjax.inference.draw_settings import (DEFAULT_SEED, DEFAULTS, check_setting, is_pfgmpp,
+from diffjax.inference.draw_settings import (DEFAULT_SEED, DEFAULTS, check_setting,
                                         pfgmpp_error, settings)
 from diffjax.inference.program import Program, build, padded_batch
 from diffjax.inference.draws import default_labels, generate, program_for, save_grid

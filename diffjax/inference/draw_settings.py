@@ -38,11 +38,6 @@ def _lookup(config, dotted: str):
     return node
 
 
-def is_pfgmpp(process) -> bool:
-    from diffjax.core import processes
-    return isinstance(process, processes.PFGMPP)
-
-
 def pfgmpp_error(process_name: str) -> str:
     """Why sampler 'pfgmpp' cannot sample a run whose process is ``process_name``."""
     return (f"sampler 'pfgmpp' draws from the PFGM++ prior and needs a PFGM++ run, but this run's "
@@ -94,12 +89,19 @@ def resolve_guidance(run: Run, given, default, origin: str, default_origin: str)
     base = guidance_lib.resolve(default, where=default_origin)
     sec = base if given is None else guidance_lib.resolve(given, where=origin, base=base)
     if not run.num_classes and guidance_lib.get(sec["name"]).needs_classes:
-        static, _ = guidance_lib.split(sec)
-        if given is not None and not static[1]:
+        if given is not None and not guidance_lib.split(sec)[0][1]:
             raise ValueError(f"{origin} {guidance_lib.describe(sec)}: this run's model is "
                              f"unconditional (no classes), so there is nothing to guide; leave it "
                              f"out")
-        sec = guidance_lib.resolve("none")
+    return resolve_for(run, sec)
+
+
+def resolve_for(run: Run, guidance) -> dict:
+    """The guidance section a draw from ``run`` uses: unconditional runs take only methods that
+    need no classes (classifier-free guidance becomes 'none')."""
+    sec = guidance_lib.resolve(guidance)
+    if not run.num_classes and guidance_lib.get(sec["name"]).needs_classes:
+        sec = guidance_lib.resolve(None)
     return sec
 
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from diffjax import guidance as guidance_lib
 from diffjax.inference import program as program_lib
 from diffjax.inference.loading import Run, pick_params
-from diffjax.inference.draw_settings import check_setting
+from diffjax.inference.draw_settings import check_setting, resolve_for
 
 
 def default_labels(num: int, num_classes: int) -> np.ndarray:
@@ -46,15 +46,6 @@ def program_for(run: Run, *, sampler: str, steps: int, spacing: str, batch: int,
     return program_lib.build(run.den, run.process, sampler=sampler, steps=steps, spacing=spacing,
                              batch=batch, example_shape=run.example_shape, guidance=guidance,
                              null_label=null, mesh=run.mesh)
-
-
-def resolve_for(run: Run, guidance) -> dict:
-    """The guidance section a draw from ``run`` uses: unconditional runs take only methods that
-    need no classes (classifier-free guidance becomes 'none')."""
-    sec = guidance_lib.resolve(guidance)
-    if not run.num_classes and guidance_lib.get(sec["name"]).needs_classes:
-        sec = guidance_lib.resolve(None)
-    return sec
 
 
 def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guidance=1.0,

@@ -249,6 +249,11 @@ def _lower_sampler(config, ts, example_shape):
 
     batch = ts.micro_batch
     sec = guidance.resolve(config.sample.guidance if ts.conditional else None)
+    if guidance.get(sec["name"]).prepare is not None and not guidance.split(sec)[0][1]:
+        raise ValueError(f"preflight compiles the sampling loop without loading other runs, but "
+                         f"config.sample.guidance.name={sec['name']!r} needs one (its network's "
+                         f"params); pass --skip_sampler, or compile with "
+                         f"--config.sample.guidance.name=classifier_free")
     prog = inference.build(ts.den, ts.process, sampler=config.sample.sampler,
                            steps=int(config.sample.steps), spacing=config.sample.spacing,
                            batch=batch, example_shape=example_shape, guidance=sec,

@@ -169,3 +169,16 @@ def test_conv_gradient_form_is_chosen_per_platform():
                             (params, x))
     tpu = jax.jit(grad, in_shardings=(rep, rep)).lower(*abstract).as_text()
     assert tpu.count("dot_general") == 0 and tpu.count("convolution") == 2   # forward + dW
+
+
+def test_a_guidance_that_loads_another_run_is_refused_with_what_to_do():
+    import jax
+    from diffjax.preflight import report
+    from tests.training.util import tiny_config
+
+    c = tiny_config()
+    c.model.input_shape = (8, 8, 1)
+    c.sample.guidance.name = "auto"
+    c.sample.guidance.scale = 2.0
+    with pytest.raises(ValueError, match=r"needs one .*--skip_sampler"):
+        report.run(c, jax.devices()[:1])
