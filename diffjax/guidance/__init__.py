@@ -15,7 +15,7 @@ defaults; ``config.sample.guidance`` / ``config.eval.guidance`` are sections {na
 method's own fields}, and the CLI takes ``--guidance NAME --guidance.scale W --guidance.FIELD V``
 (``--guidance 3`` = classifier-free guidance with scale 3). Float fields are traced values in the
 sampling program (changing them never recompiles). Registered: none, classifier_free, interval,
-rescale, scheduled, auto, classifier (docs/GUIDANCE.md).
+rescale, scheduled, auto, classifier, elucd (docs/GUIDANCE.md).
 """
 from diffjax.guidance.registry import (METHODS, Context, Method, apply, check, compose, describe,
                                        get, prepare, register, resolve, split, traced_values)
@@ -24,3 +24,4 @@ from diffjax.guidance import identity as _identity  # noqa: E402,F401  (register
 from diffjax.guidance import cfg_variants as _cfg_variants  # noqa: E402,F401  (interval, ...)
 from diffjax.guidance import autoguidance as _autoguidance  # noqa: E402,F401  ('auto')
 from diffjax.guidance import classifier as _classifier  # noqa: E402,F401  ('classifier')
+from diffjax.guidance import elucd as _elucd  # noqa: E402,F401  ('elucd')

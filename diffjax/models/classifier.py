@@ -11,7 +11,10 @@ Classifier guidance uses grad_x log p(y | x_t, t) (ADM Eq. 10 / Algorithm 1).
 
 Classifier: a small GroupNorm ResNet on clean images, ``apply(v, x) -> logits`` and
 ``apply(v, x, method='features')`` (or ``return_features=True``) -> penultimate features (B, F), the
-embedding used by a Frechet-distance metric (Heusel et al. 2017) on small data sets.
+embedding used by a Frechet-distance metric (Heusel et al. 2017) on small data sets. With
+``activation='relu'`` it is the kind of off-the-shelf classifier EluCD guides with (Ma et al. 2024);
+``apply(v, x, smooth=beta)`` then replaces every ReLU by Softplus_beta(z) = log(1 + exp(beta z)) /
+beta (-> ReLU as beta -> inf), their calibration of its gradients; ``beta`` may be traced.
 """
 from __future__ import annotations
 
@@ -117,19 +120,45 @@ class NoisyClassifier(nn.Module):
         return self(x, noise_labels, train=train, return_features=True)
 
 
+ACTIVATIONS = ("silu", "relu")
+
+
+def softplus(z, beta):
+    """Softplus_beta(z) = log(1 + exp(beta z)) / beta, overflow-safe; ReLU as beta -> inf."""
+    return jax.nn.softplus(beta * z) / beta
+
+
 class Classifier(nn.Module):
-    """Clean-image GroupNorm ResNet: ``apply(v, x, train=False)`` -> logits (B, num_classes)."""
+    """Clean-image GroupNorm ResNet: ``apply(v, x, train=False, smooth=None)`` -> logits
+    (B, num_classes). ``smooth=beta`` (activation 'relu' only): Softplus_beta for every ReLU."""
+
+    predicts_labels = True     # labels are its output (training/step.example_inputs)
+    takes_noise_level = False  # apply(v, x): no noise-level input
 
     num_classes: int = 10
     channels: Sequence[int] = (32, 64, 128)
     num_res_blocks: int = 1
     dropout: float = 0.0
+    activation: str = "silu"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool = False,
-                 return_features: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, *, train: bool = False, return_features: bool = False,
+                 smooth=None) -> jax.Array:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"classifier activation {self.activation!r}: expected one of "
+                             f"{', '.join(ACTIVATIONS)}")
+        if smooth is not None and self.activation != "relu":
+            raise ValueError("classifier smooth=beta replaces ReLUs by Softplus_beta: it needs "
+                             "activation='relu' (this classifier uses "
+                             f"{self.activation!r}, already smooth)")
+        if self.activation == "silu":
+            act = None                                    # fused into the norms
+        elif smooth is None:
+            act = jax.nn.relu
+        else:
+            act = lambda z: softplus(z, jnp.asarray(smooth, z.dtype))
         nd = x.ndim - 2
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = conv(self.channels[0], nd, name="conv_in", **kw)(x.astype(self.dtype))
@@ -137,8 +166,11 @@ class Classifier(nn.Module):
             if level:
                 h = Downsample(ch, True, name=f"down_{level}", **kw)(h)
             for i in range(self.num_res_blocks):
-                h = ResBlock(ch, self.dropout, name=f"res_{level}_{i}", **kw)(h, None, train)
-        h = group_norm(h.shape[-1], self.dtype, "norm_out", activation="silu")(h)
+                h = ResBlock(ch, self.dropout, name=f"res_{level}_{i}", act=act, **kw)(h, None, train)
+        if act is None:
+            h = group_norm(h.shape[-1], self.dtype, "norm_out", activation="silu")(h)
+        else:
+            h = act(group_norm(h.shape[-1], self.dtype, "norm_out")(h))
         feats = h.reshape(h.shape[0], -1, h.shape[-1]).mean(1)
         if return_features:
             return feats.astype(jnp.float32)

@@ -85,6 +85,8 @@ _register("noisy_classifier32", name="noisy_classifier", input_shape=(32, 32, 3)
           num_head_channels=32, pool="attention")
 _register("classifier_tiny", name="classifier", input_shape=(8, 8, 1), num_classes=10,
           channels=(16, 32), num_res_blocks=1)
+_register("classifier_relu16", name="classifier", input_shape=(16, 16, 1), num_classes=10,
+          channels=(32, 64), num_res_blocks=1, activation="relu")
 _register("classifier_small", name="classifier", input_shape=(32, 32, 3), num_classes=10,
           channels=(32, 64, 128), num_res_blocks=2)
 

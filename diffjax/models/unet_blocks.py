@@ -12,7 +12,7 @@ positions with a zero-initialised output projection. Inputs are channel-last (B,
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import einops
 import flax.linen as nn
@@ -141,7 +141,9 @@ class Upsample(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """ADM / DDPM residual block; ``emb`` (B, E) may be None for an unconditional (classifier) net."""
+    """ADM / DDPM residual block; ``emb`` (B, E) may be None for an unconditional (classifier) net.
+    ``act``: the activation after each norm, None = SiLU fused into the norm (the default), else a
+    function (a classifier's ReLU or its Softplus smoothing, models/classifier.py)."""
 
     out_channels: int
     dropout: float = 0.0
@@ -150,12 +152,16 @@ class ResBlock(nn.Module):
     down: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    act: Optional[Callable] = None
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: Optional[jax.Array], train: bool = False) -> jax.Array:
         nd, out = x.ndim - 2, self.out_channels
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = group_norm(x.shape[-1], self.dtype, "norm1", activation="silu")(x)
+        norm_act = ((lambda c, name: group_norm(c, self.dtype, name, activation="silu"))
+                    if self.act is None else
+                    (lambda c, name: lambda v: self.act(group_norm(c, self.dtype, name)(v))))
+        h = norm_act(x.shape[-1], "norm1")(x)
         if self.up or self.down:
             resample = upsample_nearest if self.up else downsample_avg
             h, x = resample(h), resample(x)
@@ -167,7 +173,7 @@ class ResBlock(nn.Module):
         else:
             if emb is not None:
                 h = h + expand_like(nn.Dense(out, name="emb_proj", **kw)(nn.silu(emb)), h)
-            h = group_norm(out, self.dtype, "norm2", activation="silu")(h)
+            h = norm_act(out, "norm2")(h)
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         h = conv(out, nd, zero=True, name="conv2", **kw)(h)
         if x.shape[-1] != out:

@@ -99,9 +99,12 @@ def make_denoiser(config, model, process, example_shape=None):
 
 def example_inputs(model, example_shape, batch: int = 1):
     """What ``model.init`` is called with: (x, t) and the labels of a class-conditional model (not
-    of a classifier, ``predicts_labels``: it outputs them)."""
+    of a classifier, ``predicts_labels``: it outputs them); no noise level for a clean-image model
+    (``takes_noise_level = False``)."""
     x = jnp.zeros((batch,) + model_shape(example_shape), jnp.float32)
     t = jnp.zeros((batch,), jnp.float32)
+    if not getattr(model, "takes_noise_level", True):
+        return (x,)
     if num_classes(model) and not getattr(model, "predicts_labels", False):
         return x, t, jnp.zeros((batch,), jnp.int32)
     return x, t
