@@ -15,7 +15,8 @@ defaults; ``config.sample.guidance`` / ``config.eval.guidance`` are sections {na
 method's own fields}, and the CLI takes ``--guidance NAME --guidance.scale W --guidance.FIELD V``
 (``--guidance 3`` = classifier-free guidance with scale 3). Float fields are traced values in the
 sampling program (changing them never recompiles). Registered: none, classifier_free, interval,
-rescale, scheduled, auto, classifier, elucd (docs/GUIDANCE.md).
+rescale, scheduled, auto, classifier, elucd,
+gfcg (experimental) (docs/GUIDANCE.md).
 """
 from diffjax.guidance.registry import (METHODS, Context, Method, apply, check, compose, describe,
                                        get, prepare, register, resolve, split, traced_values)
@@ -25,3 +26,4 @@ from diffjax.guidance import cfg_variants as _cfg_variants  # noqa: E402,F401  (
 from diffjax.guidance import autoguidance as _autoguidance  # noqa: E402,F401  ('auto')
 from diffjax.guidance import classifier as _classifier  # noqa: E402,F401  ('classifier')
 from diffjax.guidance import elucd as _elucd  # noqa: E402,F401  ('elucd')
+from diffjax.guidance import gfcg as _gfcg  # noqa: E402,F401  ('gfcg', experimental)
