@@ -5,6 +5,7 @@
     diffjax evaluate --workdir DIR [--num 500 --sampler heun --steps 18 --guidance 2]
     diffjax sample   --workdir DIR --guidance NAME --guidance.scale W --guidance.FIELD V ...
     diffjax preflight --config configs/imagenet256_dit_xl2.py --topology v5p:4x4x4 [--config.x=y]
+    diffjax restore  --workdir DIR --operator inpaint|sr|colorize|deblur --input FILE --out PNG
     diffjax COMMAND --help      that command's flags only, with the valid samplers, guidance
                                 methods and parameter sets (those of the run with --workdir DIR)
 
@@ -57,6 +58,7 @@ from diffjax.cli import help as help_lib
 from diffjax.cli.messages import fail, flag_error_message, message_of, user_error_types
 from diffjax.cli.table import (COMMANDS, EXIT_INTERRUPTED, OUR_FLAGS, CommandError,  # noqa: F401
                                DoesNotFit)
+from diffjax.cli import restore as _restore  # noqa: E402  (defines the restore flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python file "
                                           "with get_config()), e.g. configs/digits.py; "
@@ -80,7 +82,8 @@ _GUIDANCE = flags.DEFINE_string("guidance", None, "Guidance: a method name (list
                                 "run's config.sample.guidance / config.eval.guidance.")
 _ALLOW_NEG = flags.DEFINE_bool("allow_negative_guidance", False, "Accept --guidance < 0, which "
                                "reverses the condition (samples pushed away from their class).")
-_OUT = flags.DEFINE_string("out", None, "Output PNG. Default: WORKDIR/sample.png.")
+_OUT = flags.DEFINE_string("out", None, "Output PNG. Default: WORKDIR/sample.png (restore: "
+                           "WORKDIR/restore.png).")
 _SEED = flags.DEFINE_integer("seed", None, "Sampling seed (default: 0 for sample, 1234 for "
                              "evaluate).")
 _PARAMS = flags.DEFINE_string("params", None, "Parameter set: 'params' or an EMA name such as "
@@ -391,7 +394,7 @@ def _printable(d: dict) -> dict:
 
 
 _RUN = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-        "preflight": cmd_preflight}
+        "preflight": cmd_preflight, "restore": _restore.cmd_restore}
 
 
 def _main(argv):
@@ -401,6 +404,9 @@ def _main(argv):
         if cmd in ("sample", "evaluate"):
             _need_workdir(cmd)
             _check_typed_numbers()
+        if cmd == "restore":            # its mistakes answered before jax is imported
+            _need_workdir(cmd)
+            _restore.check_flags()
         if cmd != "preflight":  # deviceless TPU executables are not worth caching on disk
             logs.skip_absent_tpu()  # no libtpu start-up noise where there is no TPU
             _init_compilation_cache()

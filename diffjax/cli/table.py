@@ -33,13 +33,21 @@ COMMANDS = {
     "preflight": ("compile a config for a TPU slice (or this machine): memory, FLOPs, fit",
                   "--config FILE [--topology v5p:4x4x4] [--config.KEY=VALUE ...]",
                   ("config", "topology", "json", "skip_sampler")),
+    "restore": ("restore images (inpaint, sr, colorize, deblur) with a trained run as the prior",
+                "--workdir DIR --operator inpaint|sr|colorize|deblur --input FILE [--out PNG "
+                "--method steer|dps|none --steps N --sampler NAME --seed N]",
+                ("workdir", "operator", "input", "out", "method", "strength", "steps", "sampler",
+                 "spacing", "seed", "params", "checkpoint_step", "measured", "factor", "mask",
+                 "mask_keep", "kernel_size", "blur_std", "noise_std", "npz") + HOSTS),
 }
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-helpshort", "-?")
 METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sampler": "NAME",
             "spacing": "NAME", "guidance": "NAME|W", "params": "NAME", "checkpoint_step": "STEP",
             "seed": "N", "out": "PNG", "npz": "FILE", "coordinator_address": "HOST:PORT",
             "num_processes": "N", "process_id": "I", "compilation_cache_dir": "DIR",
-            "topology": "SLICE", "json": "FILE"}
+            "topology": "SLICE", "json": "FILE", "operator": "NAME", "input": "FILE",
+            "method": "NAME", "strength": "W", "factor": "F", "mask": "box|random",
+            "mask_keep": "P", "kernel_size": "K", "blur_std": "S", "noise_std": "S"}
 
 
 # Every flag the CLI defines; each command takes the ones listed in COMMANDS. absl's own flags

@@ -110,7 +110,7 @@ def dps(D: Callable, op: Operator, zeta, normalize: bool = True, key: str = KEY)
 
 # method -> (transform(D, op, strength), the default strength, its neutral value)
 METHODS = {"steer": (steer, 1.0, 0.0), "steer_grad": (steer_grad, 1.0, 0.0),
-           "dps": (dps, 2.0, 0.0)}
+           "dps": (dps, 20.0, 0.0)}
 
 
 def transform(method: str, D: Callable, op: Operator, strength) -> Callable:
