@@ -99,7 +99,8 @@ def plot(examples: dict, rows: list, out: str):
     tasks = list(examples)
     cols = ["truth", "measurement"] + [m for m in METHODS]
     k = next(iter(examples.values()))["truth"].shape[0]
-    fig, axes = plt.subplots(len(tasks), len(cols), figsize=(1.6 * len(cols), 1.7 * len(tasks)))
+    fig, axes = plt.subplots(len(tasks), len(cols), figsize=(2.3 * len(cols), 0.95 * len(tasks)),
+                             squeeze=False)
     for i, t in enumerate(tasks):
         for j, c in enumerate(cols):
             ax = axes[i, j]
@@ -127,6 +128,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=18)
     ap.add_argument("--sampler", default="heun")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--noise_std", type=float, default=0.0, help="measurement noise std")
     ap.add_argument("--tasks", nargs="+", default=list(TASKS))
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--out", default=None, help="output prefix (default WORKDIR/inverse_problems)")
@@ -141,8 +143,9 @@ def main(argv=None):
     for t in args.tasks:
         name, opts = TASKS[t]
         op = ops.make(name, run.example_shape, **opts)
-        y = restore.measure(op, x)
-        ex = {"truth": x[:6], "measurement": np.asarray(ops.baseline(op, y[:6], (6,) + x.shape[1:]))}
+        y = restore.measure(op, x, args.noise_std, args.seed)
+        shown = y[:6] if y.shape == x.shape else ops.baseline(op, y[:6], (6,) + x.shape[1:])
+        ex = {"truth": x[:6], "measurement": np.clip(np.asarray(shown), -1, 1)}
         for m in args.methods:
             method, sampler, knobs, mult = METHODS[m]
             t0 = time.time()
@@ -156,7 +159,8 @@ def main(argv=None):
                    "ssim": float(ssim(r.x, x).mean()),
                    "consistency": float(consistency(op, r.x, y).mean()),
                    "y_norm": float(np.linalg.norm(y.reshape(len(y), -1), axis=1).mean()),
-                   "seconds": round(time.time() - t0, 1), "num": len(x)}
+                   "seconds": round(time.time() - t0, 1), "num": len(x),
+                   "noise_std": args.noise_std}
             rows.append(row)
             ex[m] = r.x[:6]
             print(f"{t:<16}{m:<18}{row['psnr']:7.2f}{row['ssim']:7.3f}{row['consistency']:12.4f}"
