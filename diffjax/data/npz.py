@@ -1,4 +1,5 @@
-"""``.npz`` image arrays: key ``images`` (NHWC) and optional key ``labels`` (N,) integers.
+"""``.npz`` image arrays: key ``images`` (NHWC) and optional key ``labels`` (N,) integers (or ``x`` and
+``label``, as ``diffjax sample --npz`` writes them: generated samples train like any data).
 
 uint8 images are read as [0, 255]; float images must already be in [-1, 1] (checked), so a file
 saved in [0, 1] fails loudly instead of training on shifted data.
@@ -22,11 +23,13 @@ def load_npz(path: str | os.PathLike, resolution: int | Sequence[int] | None = N
     if not os.path.isfile(path):
         raise FileNotFoundError(f"npz file {path!r} does not exist")
     with np.load(path, allow_pickle=False) as f:
-        if IMAGES_KEY not in f.files:
-            raise ValueError(f"npz file {path!r} has no {IMAGES_KEY!r} array; keys: {f.files}")
-        images = check_images(f[IMAGES_KEY], f"npz {path!r}")
-        labels = check_labels(f[LABELS_KEY] if LABELS_KEY in f.files else None,
-                              images.shape[0], f"npz {path!r}")
+        ik = next((k for k in (IMAGES_KEY, "x") if k in f.files), None)
+        lk = next((k for k in (LABELS_KEY, "label") if k in f.files), None)
+        if ik is None:
+            raise ValueError(f"npz file {path!r} has no {IMAGES_KEY!r} (or 'x') array; keys: "
+                             f"{f.files}")
+        images = check_images(f[ik], f"npz {path!r}")
+        labels = check_labels(f[lk] if lk else None, images.shape[0], f"npz {path!r}")
     if images.dtype == np.uint8:
         images = to_signed_unit(images, 0.0, 255.0)
     elif np.issubdtype(images.dtype, np.floating):

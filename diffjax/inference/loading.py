@@ -80,12 +80,16 @@ def default_mesh(devices: Sequence[Any] | None = None):
     return sharding.make_mesh({"data": len(devices), "fsdp": 1}, devices)
 
 
-def abstract_params(model, example_shape, sharding_) -> Any:
-    """ShapeDtypeStructs of the model's (float32) parameters, placed by ``sharding_``."""
+def abstract_params(model, example_shape, sharding_, config=None) -> Any:
+    """ShapeDtypeStructs of the model's (float32) parameters, placed by ``sharding_``; with the
+    run's ``config``, of what its objective trains (``Objective.init_params``, e.g. PPAP's)."""
     from diffjax.training import step as step_lib
 
-    shapes = jax.eval_shape(lambda k: model.init(k, *step_lib.example_inputs(model, example_shape)),
-                            jax.random.key(0))["params"]
+    if config is not None:
+        shapes = step_lib.param_shapes(config, model, example_shape)
+    else:
+        shapes = jax.eval_shape(lambda k: model.init(
+            k, *step_lib.example_inputs(model, example_shape)), jax.random.key(0))["params"]
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=sharding_),
                         shapes)
 
@@ -113,7 +117,7 @@ def load(workdir: str, step: int | None = None, config=None, *,
     model = registry.build_model(config.model)
     process = step_lib.make_process(config.diffusion)
     den = step_lib.make_denoiser(config, model, process, example_shape)
-    tree = abstract_params(model, example_shape, sharding.replicated(mesh))
+    tree = abstract_params(model, example_shape, sharding.replicated(mesh), config)
     subset = {"params": tree} if "params" in names else {}
     emas = [n for n in names if n != "params"]
     if emas:

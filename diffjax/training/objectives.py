@@ -20,6 +20,10 @@ and are checked against what it declares. An ``Objective`` holds pure functions:
     trainable(params) -> bool pytree                   None: every leaf trains; False leaves get no
                                                        gradient, no optimizer state and no update
                                                        (LoRA: only the adapters train)
+    init_params(key, params) -> params                 None: train the model's fresh init; else
+                                                       what training starts from, built from it:
+                                                       another run's weights, or a new structure
+                                                       such as PPAP's {'base', 'experts'}
 
 The train step (step.py) owns the params, their optimizer and EMAs; an objective owns ``extra``
 entirely. ``extra`` is part of the TrainState, so it is born sharded by the same rules as the params
@@ -51,6 +55,7 @@ class Objective(NamedTuple):
     init_extra: Callable = lambda key, params: None   # (key, params) -> extra pytree or None
     update_extra: Optional[Callable] = None           # (extra, params, batch, key) -> (extra, m)
     trainable: Optional[Callable] = None              # params -> bool pytree
+    init_params: Optional[Callable] = None            # (key, model's init params) -> params
 
 
 OBJECTIVES: dict[str, tuple[Callable, dict]] = {}
@@ -121,3 +126,4 @@ def denoising(ctx: Context) -> Objective:
 
 
 from diffjax.training import classifier_objective as _classifier_objective  # noqa: E402,F401
+from diffjax.training import ppap_objective as _ppap_objective  # noqa: E402,F401

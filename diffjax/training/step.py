@@ -110,6 +110,27 @@ def example_inputs(model, example_shape, batch: int = 1):
     return x, t
 
 
+def build_objective(config, model, example_shape) -> objectives.Objective:
+    """The run's training objective (``config.objective``) for ``model``."""
+    process = make_process(config.diffusion)
+    return objectives.build(config, model=model,
+                            den=make_denoiser(config, model, process, example_shape),
+                            process=process, example_shape=example_shape,
+                            num_classes=num_classes(model))
+
+
+def param_shapes(config, model, example_shape):
+    """ShapeDtypeStructs of the params a run trains: the model's, or what its objective's
+    ``init_params`` makes of them (inference.load restores this structure)."""
+    obj = build_objective(config, model, example_shape)
+
+    def init(key):
+        params = model.init(key, *example_inputs(model, example_shape))["params"]
+        return params if obj.init_params is None else obj.init_params(key, params)
+
+    return jax.eval_shape(init, jax.random.key(0))
+
+
 def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     """Build the pure init/step functions and their shardings from ``config`` (see module doc)."""
     process = make_process(config.diffusion)
@@ -126,6 +147,8 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     def init(key):
         k_param, k_state, k_extra = jax.random.split(key, 3)
         params = model.init(k_param, *example_inputs(model, example_shape))["params"]
+        if obj.init_params is not None:
+            params = obj.init_params(jax.random.fold_in(k_param, 1), params)
         params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
         return state_lib.create(params, tx, ema_lib.init(params, ema_names), k_state,
                                 extra=obj.init_extra(k_extra, params))
