@@ -7,5 +7,7 @@ denoisers - steered diffusion and DPS - (steering.py), and ``restore`` over a tr
     D2 = steering.steer(D, op)                # D(x, sigma, cond) with cond['measurement'] = y
     out = restore.restore(run, images, "inpaint", method="dps", steps=18)
 """
-from diffjax.inverse import operators, steering  # noqa: F401
-from diffjax.inverse.operators import OPERATORS, Operator, baseline, make  # noqa: F401
+from diffjax.inverse import operators, steering
+from diffjax.inverse.operators import OPERATORS, Operator, baseline, make
+
+__all__ = ["OPERATORS", "Operator", "baseline", "make", "operators", "steering"]

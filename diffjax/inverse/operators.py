@@ -12,6 +12,9 @@ The operator contract (what a user writes to add one; see docs/INVERSE.md):
                                tasks below. Without it, ``steering.steer`` takes a gradient step
                                on ||y - A(x0_hat(x))||^2 instead
     linear                     whether A is linear (informational: ``landweber`` needs it)
+    observed                   optional: 1 where an entry of y is measured, 0 where it is a
+                               structural zero (inpainting's hole), broadcast against one
+                               example of y; measurement noise is added only where it is 1
 
 Operators close over their constants (a mask, a kernel): a different mask is a different program;
 the guidance strengths (steering.py) are traced values. ``make(name, x_shape, **options)`` builds
@@ -38,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +57,7 @@ class Operator:
     measurement_shape: Callable
     project: Callable | None = None
     linear: bool = True
+    observed: Any = None
 
     def check(self, x_shape, y_shape) -> None:
         """Raise if measurements of shape ``y_shape`` (B, ...) cannot come from x of ``x_shape``
@@ -116,7 +120,7 @@ def inpaint(x_shape, mask: str = "box", size: float = 0.5, keep: float = 0.3, se
         raise ValueError(f"operator 'inpaint': unknown mask {mask!r}; expected 'box' or 'random'")
     m = jnp.asarray(m)
     return Operator("inpaint", forward=lambda x: x * m, measurement_shape=lambda s: tuple(s),
-                    project=lambda x0, y: m * y + (1.0 - m) * x0)
+                    project=lambda x0, y: m * y + (1.0 - m) * x0, observed=np.asarray(m))
 
 
 def _down(x, f):

@@ -38,10 +38,11 @@ class Restoration(NamedTuple):
 
 
 def measure(op: ops.Operator, images, noise_std: float = 0.0, seed: int = 0) -> np.ndarray:
-    """y = A(x) + noise_std * N(0, I) (the noise from ``seed``)."""
+    """y = A(x) + noise_std * N(0, I) (the noise from ``seed``; only on ``op.observed`` entries)."""
     y = np.asarray(jax.jit(op.forward)(jnp.asarray(images, jnp.float32)))
     if noise_std:
-        y = y + noise_std * np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
+        n = noise_std * np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
+        y = y + (n if op.observed is None else n * np.asarray(op.observed, np.float32))
     return y.astype(np.float32)
 
 

@@ -73,3 +73,15 @@ def test_bad_inputs_are_named():
         restore.restore(_run(), X, "sr", method="map", **KW)
     with pytest.raises(ValueError, match=r"measurement has shape \(4, 4, 1\)"):
         restore.restore(_run(), measurements=np.zeros((5,) + SHAPE), operator="sr", **KW)
+
+
+def test_measurement_noise_only_where_measured():
+    op = operators.make("inpaint", SHAPE, mask="random", keep=0.5, seed=1)
+    clean = restore.measure(op, X)
+    noisy = restore.measure(op, X, noise_std=0.1, seed=2)
+    hole = np.asarray(op.observed)[..., 0] == 0
+    assert hole.any() and (~hole).any()
+    np.testing.assert_array_equal(noisy[:, hole], 0.0)                  # structural zeros stay 0
+    assert 0.05 < np.std(noisy[:, ~hole] - clean[:, ~hole]) < 0.15
+    sr = operators.make("sr", SHAPE, factor=2)
+    assert np.all(restore.measure(sr, X, 0.1, 2) != restore.measure(sr, X))
