@@ -12,6 +12,16 @@ Claims checked (direction only, at this scale):
 - rescale (Lin et al. 2024): limits the over-saturation of large scales.
 - classifier guidance (Dhariwal & Nichol 2021) with a noise-conditioned classifier
   (configs/digits_noisy_classifier.py, --classifier DIR): accuracy rises with the scale.
+- EluCD (Ma et al. 2024) with an off-the-shelf classifier trained on clean digits only
+  (configs/digits_clean_classifier.py, --clean DIR): improves on unguided sampling and approaches
+  the trained noisy classifier;
+- GFCG (Shenoy et al. 2024, experimental reconstruction), the same clean classifier, alone and on
+  top of classifier-free guidance and autoguidance (gfcg, gfcg_cfg, gfcg_auto): a trade-off at or
+  beyond classifier-free guidance's;
+- PPAP (Go et al. 2023): experts LoRA-tuned from the clean classifier, data-free (--ppap DIR;
+  trained here from 2000 unconditional samples when empty).
+``calls`` is the number of diffusion-network evaluations per denoiser call (a classifier's forward
+and backward passes come on top).
 Spread = mean over classes of the trace of the samples' feature covariance (the evaluation
 classifier's penultimate features) divided by the same for real digits of that class. It falls as
 samples collapse toward one image per class; it is far above 1 for an undertrained model, whose
@@ -45,6 +55,26 @@ def ensure_trained(workdir: str, config: str):
     print(f"training {config} into {workdir} ...", flush=True)
     subprocess.run([sys.executable, "-m", "diffjax.cli", "train", "--config", config, "--workdir",
                     workdir], check=True, cwd=ROOT)
+
+
+CALLS = {"classifier": 1, "elucd": 1, "ppap": 1, "gfcg": 2, "gfcg_cfg": 3, "gfcg_auto": 3}
+
+
+def ensure_ppap(workdir: str, main: str, clean: str, num: int = 2000):
+    """Data-free PPAP experts: unconditional samples of the main run, then the ppap objective."""
+    ckpt = os.path.join(workdir, "checkpoints")
+    if os.path.isdir(ckpt) and os.listdir(ckpt):
+        return
+    os.makedirs(workdir, exist_ok=True)
+    gen = os.path.join(workdir, "generated.npz")
+    cli = [sys.executable, "-m", "diffjax.cli"]
+    if not os.path.exists(gen):
+        subprocess.run(cli + ["sample", "--workdir", main, "--guidance", "0", "--num", str(num),
+                              "--npz", gen, "--out", os.path.join(workdir, "generated.png")],
+                       check=True, cwd=ROOT)
+    subprocess.run(cli + ["train", "--config", os.path.join(ROOT, "configs", "digits_ppap.py"),
+                          "--workdir", workdir, f"--config.objective.teacher_workdir={clean}",
+                          f"--config.data.path={gen}"], check=True, cwd=ROOT)
 
 
 def diversity(feats: np.ndarray, labels: np.ndarray, real_feats: np.ndarray,
@@ -93,6 +123,10 @@ def main(argv=None):
     ap.add_argument("--classifier", default=None, help="a noisy-classifier run (classifier rows)")
     ap.add_argument("--classifier-scales", type=float, nargs="+", default=[0.0, 2.0, 5.0, 10.0,
                                                                            20.0])
+    ap.add_argument("--clean", default=None, help="a clean-classifier run (elucd and gfcg rows; "
+                    "trained with configs/digits_clean_classifier.py when empty)")
+    ap.add_argument("--ppap", default=None, help="a PPAP experts run (ppap rows; trained from the "
+                    "--clean classifier when empty)")
     ap.add_argument("--methods", nargs="+", default=None, help="a subset of the methods")
     ap.add_argument("--num", type=int, default=500)
     ap.add_argument("--sampler", default="dpmpp_2m")
@@ -128,6 +162,23 @@ def main(argv=None):
         methods["classifier"] = lambda w: {"name": "classifier", "scale": w,
                                            "classifier_workdir": args.classifier}
         scales["classifier"] = args.classifier_scales
+    if args.clean:
+        ensure_trained(args.clean, os.path.join(ROOT, "configs", "digits_clean_classifier.py"))
+        clean = {"classifier_workdir": args.clean}
+        methods["elucd"] = lambda w: {"name": "elucd", "scale": w, **clean}
+        methods["gfcg"] = lambda w: {"name": "gfcg", "scale": w, **clean}
+        methods["gfcg_cfg"] = lambda w: {"name": "gfcg", "scale": w, "base": "cfg",
+                                         "base_scale": 2.0, **clean}
+        methods["gfcg_auto"] = lambda w: {"name": "gfcg", "scale": w, "base": "auto",
+                                          "base_scale": 2.0, "weak_workdir": args.weak, **clean}
+        scales.update(elucd=[0.0, 0.3, 1.0, 2.0, 4.0], gfcg=[0.0, 1.0, 2.0, 4.0, 8.0],
+                      gfcg_cfg=[0.0, 1.0, 2.0, 4.0], gfcg_auto=[0.0, 1.0, 2.0, 4.0])
+    if args.ppap:
+        if not args.clean:
+            ap.error("--ppap needs --clean (the classifier its experts start from)")
+        ensure_ppap(args.ppap, args.workdir, args.clean)
+        methods["ppap"] = lambda w: {"name": "ppap", "scale": w, "experts_workdir": args.ppap}
+        scales["ppap"] = [0.0, 1.0, 2.0, 4.0, 8.0]
     if args.methods:
         methods = {k: v for k, v in methods.items() if k in args.methods}
     labels = inference.default_labels(args.num, run.num_classes)
@@ -142,8 +193,9 @@ def main(argv=None):
                        fd=evaluation.frechet_distance(*stats_real,
                                                       *evaluation.feature_stats(feats)),
                        spread=diversity(feats, labels, real_feats, np.asarray(y_real[:n_ref])))
+            row["calls"] = CALLS.get(name, 2)
             rows.append(row)
-            print(f"{name:<16} w={w:<4g} accuracy {row['accuracy']:6.1%}  FD {row['fd']:.5f}  "
+            print(f"{name:<16} w={w:<4g} calls {row['calls']} accuracy {row['accuracy']:6.1%}  FD {row['fd']:.5f}  "
                   f"spread {row['spread']:.2f}", flush=True)
     print(f"\n{'method':<16} scale: accuracy / FD / spread")
     for name in methods:
