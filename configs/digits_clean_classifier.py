@@ -8,19 +8,30 @@ metric.
     diffjax train --config configs/digits_clean_classifier.py --workdir /tmp/digits_clean   # ~1 min
     diffjax sample --workdir /tmp/digits --guidance elucd \\
         --guidance.classifier_workdir /tmp/digits_clean --guidance.scale 1 --out elucd.png
+
+``--config configs/digits_clean_classifier.py:shapes16`` trains the same network on the shapes of
+configs/shapes16.py (24 classes, 16x16 RGB).
 """
 from diffjax.training.config import base
 
 
 def get_config(arg=None):
-    c = base("classifier_relu16", input_shape=(16, 16, 1), num_classes=10)
+    if arg not in (None, "", "digits", "shapes16"):
+        raise ValueError(f"configs/digits_clean_classifier.py:{arg}: digits or shapes16")
+    shapes = arg == "shapes16"
+    c = base("classifier_relu16", input_shape=(16, 16, 3) if shapes else (16, 16, 1),
+             num_classes=24 if shapes else 10)
     c.objective.name = "clean_classifier"
     c.total_steps = 400
     c.batch_size = 64
     c.log_every = 50
-    c.data.name = "digits"
-    c.data.split = "train"
-    c.data.resolution = 16
+    if shapes:
+        c.data = c.data.__class__(dict(name="shapes", num_examples=10_000, seed=0, resolution=16,
+                                       flip=False))
+    else:
+        c.data.name = "digits"
+        c.data.split = "train"
+        c.data.resolution = 16
     c.diffusion.label_dropout = 0.0
     c.optim.lr = 2e-3
     c.optim.schedule = "cosine"

@@ -5,26 +5,30 @@ trained for 1/8 of the steps. The paper's guides are one size smaller and ~1/16 
     diffjax train --config configs/digits_weak.py --workdir /tmp/digits_weak       # ~1 min
     diffjax sample --workdir /tmp/digits --guidance auto --guidance.weak_workdir /tmp/digits_weak \
         --guidance.scale 2 --out auto.png
+
+``--config configs/digits_weak.py:shapes16`` makes the weak model of configs/shapes16.py instead.
 """
 import importlib.util
 import os
 
 
-def _digits():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.py")
-    spec = importlib.util.spec_from_file_location("diffjax_configs_digits", path)
+def _main(name):
+    if name not in ("digits", "shapes16"):
+        raise ValueError(f"configs/digits_weak.py:{name}: the weak model of digits or shapes16")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"diffjax_configs_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def get_config(arg=None):
-    c = _digits().get_config(arg)
+    c = _main(arg or "digits").get_config()
     c.model.model_channels = 8
     c.model.num_head_channels = 8
-    c.total_steps = 125
+    c.total_steps = c.total_steps // 8
     c.optim.warmup_steps = 25
-    c.checkpoint.every = 125
+    c.checkpoint.every = c.total_steps
     c.sample.num = 0           # the weak model is only a guide: no grid, no evaluation
     c.eval.at_end = False
     return c

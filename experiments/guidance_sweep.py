@@ -2,6 +2,8 @@
 sweep of scales, at equal network evaluations (every method here makes 2 network calls per step).
 
     python experiments/guidance_sweep.py --workdir /tmp/qs --weak /tmp/qs_weak    # trains both if empty
+    python experiments/guidance_sweep.py --data shapes16 --workdir /tmp/sh --weak /tmp/sh_weak \
+        --clean /tmp/sh_clean --ppap /tmp/sh_ppap       # the same on 16x16 shapes (24 classes)
 
 Claims checked (direction only, at this scale):
 - classifier-free guidance (Ho & Salimans 2022): accuracy rises with the scale, diversity falls;
@@ -60,7 +62,7 @@ def ensure_trained(workdir: str, config: str):
 CALLS = {"classifier": 1, "elucd": 1, "ppap": 1, "gfcg": 2, "gfcg_cfg": 3, "gfcg_auto": 3}
 
 
-def ensure_ppap(workdir: str, main: str, clean: str, num: int = 2000):
+def ensure_ppap(workdir: str, main: str, clean: str, data: str, num: int = 2000):
     """Data-free PPAP experts: unconditional samples of the main run, then the ppap objective."""
     ckpt = os.path.join(workdir, "checkpoints")
     if os.path.isdir(ckpt) and os.listdir(ckpt):
@@ -72,7 +74,8 @@ def ensure_ppap(workdir: str, main: str, clean: str, num: int = 2000):
         subprocess.run(cli + ["sample", "--workdir", main, "--guidance", "0", "--num", str(num),
                               "--npz", gen, "--out", os.path.join(workdir, "generated.png")],
                        check=True, cwd=ROOT)
-    subprocess.run(cli + ["train", "--config", os.path.join(ROOT, "configs", "digits_ppap.py"),
+    subprocess.run(cli + ["train", "--config",
+                          os.path.join(ROOT, "configs", "digits_ppap.py") + ":" + data,
                           "--workdir", workdir, f"--config.objective.teacher_workdir={clean}",
                           f"--config.data.path={gen}"], check=True, cwd=ROOT)
 
@@ -118,6 +121,9 @@ def plot(rows: list, out: str):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", required=True)
+    ap.add_argument("--data", default="digits", choices=["digits", "shapes16"],
+                    help="configs/DATA.py trains the main run (and picks the weak, clean and "
+                         "PPAP configs' data)")
     ap.add_argument("--weak", required=True, help="the weak run for autoguidance")
     ap.add_argument("--scales", type=float, nargs="+", default=SCALES)
     ap.add_argument("--classifier", default=None, help="a noisy-classifier run (classifier rows)")
@@ -143,8 +149,9 @@ def main(argv=None):
                 rows += json.load(f)
         plot(rows, os.path.join(args.workdir, "guidance_sweep.png"))
         return
-    ensure_trained(args.workdir, os.path.join(ROOT, "configs", "digits.py"))
-    ensure_trained(args.weak, os.path.join(ROOT, "configs", "digits_weak.py"))
+    cfg = lambda name: os.path.join(ROOT, "configs", name)
+    ensure_trained(args.workdir, cfg(f"{args.data}.py"))
+    ensure_trained(args.weak, cfg("digits_weak.py") + ":" + args.data)
     run = inference.load(args.workdir)
     clf = evaluation.get_classifier(args.workdir, run.config)
     x_real, y_real, _ = evaluation._data_arrays(run.config)
@@ -163,7 +170,7 @@ def main(argv=None):
                                            "classifier_workdir": args.classifier}
         scales["classifier"] = args.classifier_scales
     if args.clean:
-        ensure_trained(args.clean, os.path.join(ROOT, "configs", "digits_clean_classifier.py"))
+        ensure_trained(args.clean, cfg("digits_clean_classifier.py") + ":" + args.data)
         clean = {"classifier_workdir": args.clean}
         methods["elucd"] = lambda w: {"name": "elucd", "scale": w, **clean}
         methods["gfcg"] = lambda w: {"name": "gfcg", "scale": w, **clean}
@@ -176,7 +183,7 @@ def main(argv=None):
     if args.ppap:
         if not args.clean:
             ap.error("--ppap needs --clean (the classifier its experts start from)")
-        ensure_ppap(args.ppap, args.workdir, args.clean)
+        ensure_ppap(args.ppap, args.workdir, args.clean, args.data)
         methods["ppap"] = lambda w: {"name": "ppap", "scale": w, "experts_workdir": args.ppap}
         scales["ppap"] = [0.0, 1.0, 2.0, 4.0, 8.0]
     if args.methods:
