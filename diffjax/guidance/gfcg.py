@@ -52,8 +52,11 @@ def reference(logits, y):
 
 
 def gfcg(D, logits, clf_params, *, scale, base, base_scale, null_label, D0=None,
-         contrast="main", label_key="label"):
-    """The GFCG-guided denoiser of the module docstring (``logits(params, x, beta) -> (B, C)``)."""
+         contrast="main", label_key="label", rule=None):
+    """The GFCG-guided denoiser of the module docstring (``logits(params, x, beta) -> (B, C)``).
+    ``rule(logits, y) -> (c_ref, s_t / s)`` replaces the reconstructed reference rule
+    (``reference``): the paper's rule is not known, so it is an argument."""
+    rule = reference if rule is None else rule
     if base not in BASES:
         raise ValueError(f"guidance gfcg: base must be one of {', '.join(BASES)}, got {base!r}")
     if base == "auto" and D0 is None:
@@ -71,7 +74,7 @@ def gfcg(D, logits, clf_params, *, scale, base, base_scale, null_label, D0=None,
             c = D(x, sigma, cond)
             b = c
         x0 = jnp.clip(jax.lax.stop_gradient(c), -1.0, 1.0)
-        c_ref, confusion = reference(logits(clf_params, x0, 0.0), y)
+        c_ref, confusion = rule(jax.lax.stop_gradient(logits(clf_params, x0, 0.0)), y)
         ref_cond = {**cond, label_key: c_ref}
         if contrast == "guide":
             d0, d0_ref = jnp.split(D0(jnp.concatenate([x, x]), _twice(sigma, x),

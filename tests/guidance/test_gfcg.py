@@ -86,3 +86,30 @@ def test_bad_fields_say_what_to_do():
         guidance.check(guidance.resolve({"name": "gfcg", "scale": 1.0, "contrast": "guide"}), sig)
     with pytest.raises(ValueError, match="configs/digits_clean_classifier.py"):
         guidance.prepare(guidance.resolve({"name": "gfcg", "scale": 1.0}), run=None)
+
+
+def test_the_sampling_program_does_not_recompile_for_a_new_scale_or_classifier():
+    from diffjax import inference
+    den = lambda params, x, sigma, cond, **_: params * D(x, sigma, cond)
+    sec = guidance.resolve({"name": "gfcg", "scale": 2.0, "base": "cfg", "base_scale": 1.5})
+    static = guidance.split(sec, (logits, None))[0]
+    prog = inference.build(den, processes.get("edm"), sampler="euler", steps=3, spacing="karras",
+                           batch=4, example_shape=(2,), guidance=static, null_label=NULL)
+    labels = jnp.array([0, 1, 1, 0], jnp.int32)
+    outs = [prog(jnp.float32(1.0), jax.random.key(0), labels, 0,
+                 guidance.traced_values({**sec, "scale": s, "base_scale": b}), None,
+                 {"classifier": W * k})
+            for s, b, k in ((2.0, 1.5, 1.0), (5.0, 1.5, 1.0), (2.0, 3.0, 1.0), (2.0, 1.5, -1.0))]
+    assert prog.fn._cache_size() == 1
+    assert all(not np.allclose(outs[0], o) for o in outs[1:])
+
+
+def test_the_reference_rule_is_an_argument():
+    """A rule that always names the other class with confusion 1 is a fixed-scale contrast."""
+    x = jax.random.normal(jax.random.key(0), (4, 2))
+    cond = {"label": jnp.array([0, 1, 1, 0])}
+    rule = lambda lg, y: (1 - y, jnp.ones(y.shape))
+    got = gfcg(D, logits, W, scale=2.0, base="none", base_scale=1.0, null_label=NULL,
+               rule=rule)(x, 0.5, cond)
+    want = D(x, 0.5, cond) + 2.0 * (D(x, 0.5, cond) - D(x, 0.5, {"label": 1 - cond["label"]}))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)

@@ -104,3 +104,21 @@ def test_data_free_experts_train_from_the_teacher_and_guide_a_run(tmp_path):
     p = run_cli("train", "--config", "configs/digits_ppap.py", "--workdir", str(tmp_path / "x"),
                 f"--config.data.path={gen}", *SMALL)
     assert p.returncode != 0 and "config.objective.teacher_workdir" in p.stderr
+
+
+def test_the_sampling_program_does_not_recompile_for_a_new_scale_or_new_experts():
+    from diffjax.core import processes
+    m, base, _ = _classifier()
+    tree = ppap.init_experts(jax.random.key(2), base, 3, rank=2)
+    apply = lambda p, z: m.apply({"params": p}, z)
+    static = guidance.split(guidance.resolve({"name": "ppap", "scale": 1.0}),
+                            (apply, tuple(ppap.bounds(3, 0.002, 80.0)), 4.0, 10, 0.5))[0]
+    den = lambda params, x, sigma, cond, **_: params * x / (1 + sigma ** 2)
+    prog = inference.build(den, processes.get("edm"), sampler="euler", steps=3, spacing="karras",
+                           batch=2, example_shape=(16, 16, 1), guidance=static, null_label=10)
+    labels = jnp.array([3, 7], jnp.int32)
+    other = jax.tree.map(lambda a: a * 1.5, tree)
+    outs = [prog(jnp.float32(1.0), jax.random.key(0), labels, 0, {"scale": jnp.float32(s)}, None, t)
+            for s, t in ((1.0, tree), (4.0, tree), (1.0, other))]
+    assert prog.fn._cache_size() == 1
+    assert all(not np.allclose(outs[0], o) for o in outs[1:])
