@@ -73,11 +73,11 @@ def clean_logits(model, num_classes: int):
     relu = getattr(model, "activation", "silu") == "relu"
 
     def logits(params, x, beta):
-        if relu:
+        if relu:      # one forward: the smooth or the plain network (beta is traced)
             b = jnp.asarray(beta, jnp.float32)
-            smooth = model.apply({"params": params}, x, smooth=jnp.maximum(b, 1e-3))
-            plain = model.apply({"params": params}, x)
-            out = jnp.where(b > 0, smooth, plain)
+            out = jax.lax.cond(
+                b > 0, lambda z: model.apply({"params": params}, z, smooth=jnp.maximum(b, 1e-3)),
+                lambda z: model.apply({"params": params}, z), x)
         else:
             out = model.apply({"params": params}, x)
         if out.shape != (x.shape[0], num_classes):
