@@ -46,7 +46,7 @@ METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sample
             "seed": "N", "out": "PNG", "npz": "FILE", "coordinator_address": "HOST:PORT",
             "num_processes": "N", "process_id": "I", "compilation_cache_dir": "DIR",
             "topology": "SLICE", "json": "FILE", "operator": "NAME", "input": "FILE",
-            "method": "NAME", "strength": "W", "factor": "F", "mask": "box|random",
+            "method": "NAME", "strength": "W", "factor": "F", "mask": "KIND",
             "mask_keep": "P", "kernel_size": "K", "blur_std": "S", "noise_std": "S"}
 
 

@@ -2,12 +2,15 @@
 images and a user's PNG are restored, the result is consistent with the measurement, and every
 mistake is one line naming what is wrong."""
 
+import re
+
 import numpy as np
 import pytest
 
 from diffjax.cli import restore as cli_restore
 from diffjax.inverse import operators
 from tests.test_cli import TINY, _json, assert_error
+from tests.test_cli_help import _flags_in
 from tests.training.util import run_cli
 
 
@@ -28,10 +31,17 @@ def images(tmp_path_factory):
     return x, path
 
 
-def test_the_help_lists_every_operator():
+def test_the_help_lists_every_operator_and_the_restore_flags_only():
     assert cli_restore.OPERATOR_NAMES == tuple(operators.OPERATORS)
     p = run_cli("restore", "--help")
     assert p.returncode == 0 and "Forward operator: inpaint, sr, colorize, deblur." in p.stdout
+    shown = _flags_in(p.stdout)
+    assert {"workdir", "operator", "input", "out", "method", "strength", "steps", "sampler",
+            "seed", "measured", "factor", "mask", "mask_keep", "kernel_size", "blur_std",
+            "noise_std", "npz"} <= shown, shown
+    assert not {"config", "num", "guidance", "topology"} & shown
+    main = run_cli("--help")
+    assert re.search(r"^  restore +restore images", main.stdout, re.M), main.stdout
 
 
 def test_restore_an_npz_by_inpainting(workdir, images, tmp_path):
