@@ -16,7 +16,7 @@ method's own fields}, and the CLI takes ``--guidance NAME --guidance.scale W --g
 (``--guidance 3`` = classifier-free guidance with scale 3). Float fields are traced values in the
 sampling program (changing them never recompiles). Registered: none, classifier_free, interval,
 rescale, scheduled, auto, classifier, elucd,
-gfcg (experimental), ppap (docs/GUIDANCE.md).
+gfcg (experimental), ppap (docs/GUIDANCE.md); steer, dps for inverse problems (docs/INVERSE.md).
 """
 from diffjax.guidance.registry import (METHODS, Context, Method, apply, check, compose, describe,
                                        get, prepare, register, resolve, split, traced_values)
@@ -28,3 +28,4 @@ from diffjax.guidance import classifier as _classifier  # noqa: E402,F401  ('cla
 from diffjax.guidance import elucd as _elucd  # noqa: E402,F401  ('elucd')
 from diffjax.guidance import gfcg as _gfcg  # noqa: E402,F401  ('gfcg', experimental)
 from diffjax.guidance import ppap as _ppap  # noqa: E402,F401  ('ppap')
+from diffjax.guidance import measurement as _measurement  # noqa: E402,F401  (steer, dps)

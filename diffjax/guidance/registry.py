@@ -51,6 +51,9 @@ class Method:
     # check(fields, sigmas) raises ValueError for fields that cannot work on the sampling grid
     # ``sigmas`` (e.g. a guidance interval no noise level of the grid falls in)
     check: Callable | None = None
+    # entries of ``cond`` the method reads besides the labels (e.g. an inverse problem's
+    # 'measurement'): a draw without them is refused (inference.generate's ``cond``)
+    needs_cond: tuple = ()
 
     def defaults(self) -> dict:
         return dict(self.fields)

@@ -50,12 +50,16 @@ def program_for(run: Run, *, sampler: str, steps: int, spacing: str, batch: int,
 
 def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guidance=1.0,
              seed: int = 0, labels=None, batch_size: int | None = None, params_name: str | None = None,
-             spacing: str | None = None, clip: bool = True, knobs: dict | None = None) -> np.ndarray:
+             spacing: str | None = None, clip: bool = True, knobs: dict | None = None,
+             cond: dict | None = None, prepared: tuple | None = None) -> np.ndarray:
     """``num`` samples (numpy, data range) in batches of ``config.sample.batch_size``.
 
     ``guidance``: a section, a number (classifier-free scale) or a method name
     (``guidance.resolve``); ignored by unconditional models. ``knobs``: the sampler's traced options
-    (e.g. {'eta': 0.5}). Labels default to ``default_labels``."""
+    (e.g. {'eta': 0.5}). Labels default to ``default_labels``. ``cond``: per-example conditioning
+    besides the labels, {name: array (num, ...)} (an inverse problem's {'measurement': y}).
+    ``prepared``: (static, state) for the guidance method instead of its ``prepare`` (e.g. a
+    user's inverse.operators.Operator for 'steer' / 'dps')."""
     from diffjax.training import sharding
 
     check_setting("num", num)
@@ -72,7 +76,20 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
     sec = resolve_for(run, guidance)
     from diffjax.core import timesteps
     guidance_lib.check(sec, timesteps.sigmas(run.process, int(steps), spacing))
-    gstatic, gstate = guidance_lib.prepare(sec, run)
+    cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
+    for k, v in cond.items():
+        if v.shape[:1] != (num,):
+            raise ValueError(f"generate: cond[{k!r}] has shape {v.shape}; expected {num} examples "
+                             f"(one per sample) along its first axis")
+    missing = [k for k in guidance_lib.get(sec["name"]).needs_cond if k not in cond]
+    if missing:
+        raise ValueError(f"guidance {sec['name']!r} needs cond[{missing[0]!r}] for every sample "
+                         f"(an inverse problem's measurement): draw it with diffjax restore / "
+                         f"inverse.restore")
+    if prepared is None:
+        gstatic, gstate = guidance_lib.prepare(sec, run)
+    else:
+        gstatic, gstate = guidance_lib.split(sec, prepared[0])[0], prepared[1]
     gvals = guidance_lib.traced_values(sec)
     knobs = {k: jnp.float32(v) for k, v in (knobs or {}).items()}
     bsh = rep = None
@@ -86,8 +103,14 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
                            guidance=gstatic)
         lab = np.zeros((prog.batch,), np.int32)
         lab[:b] = labels[start:start + b]
+        extra = None
+        if cond:
+            extra = {k: np.zeros((prog.batch,) + v.shape[1:], v.dtype) for k, v in cond.items()}
+            for k, v in cond.items():
+                extra[k][:b] = v[start:start + b]
+            extra = _global(extra, bsh)
         x = prog(params, key, _global(lab, bsh), _global(np.int32(start), rep), gvals, knobs,
-                 gstate)
+                 gstate, extra)
         if not x.is_fully_addressable:  # several processes: every host gets the whole batch
             from jax.experimental import multihost_utils
             x = multihost_utils.process_allgather(x, tiled=True)

@@ -1,6 +1,6 @@
 """The one sampling program: (denoiser, process, draw settings, mesh) -> a jitted function
 
-    x = program(params, key, labels, offset, guidance_values, knobs, guidance_state)
+    x = program(params, key, labels, offset, guidance_values, knobs, guidance_state, cond)
 
 that draws x_T for examples offset .. offset + B - 1 (example b's key is fold_in(key, offset + b),
 so a sample never depends on the batch or the device count), binds the params, applies the guidance
@@ -8,7 +8,9 @@ transform from the registry, and runs the sampler's ``lax.scan`` to sigma = 0. O
 example shape, the sampler, the grid (steps, spacing) and the static part of the guidance (method
 name, non-float fields, whether it is the identity) select a compiled program; the params, the seed,
 the guidance scale and other float fields, what the guidance method prepared (e.g. a weak model's
-params: ``guidance.prepare``) and the sampler knobs (eta, churn, ...) are arguments.
+params: ``guidance.prepare``) and the sampler knobs (eta, churn, ...) are arguments. ``cond``:
+per-example conditioning besides the labels, batched like x (e.g. an inverse problem's measurement
+``{'measurement': y}`` for the measurement-guided methods; None: the labels only).
 
 Over a mesh the batch (labels, keys, samples) is split over the data axes and the params are
 constrained to be replicated at the start of the program: parameters sharded by the train step
@@ -30,7 +32,7 @@ from diffjax.core import denoisers, samplers, timesteps
 
 class Program(NamedTuple):
     fn: Callable          # jitted (params, key, labels, offset, guidance_values, knobs,
-                          #         guidance_state) -> x
+                          #         guidance_state, cond) -> x
     batch: int            # examples per call (a multiple of the mesh's batch shards)
     example_shape: tuple
     sigmas: Any           # the grid (static)
@@ -38,14 +40,14 @@ class Program(NamedTuple):
     guidance: tuple       # the static part of the guidance section (guidance.split)
 
     def __call__(self, params, key, labels, offset=0, guidance_values=None, knobs=None,
-                 guidance_state=None):
+                 guidance_state=None, cond=None):
         return self.fn(params, key, labels, jnp.asarray(offset, jnp.int32),
-                       guidance_values or {}, knobs or {}, guidance_state)
+                       guidance_values or {}, knobs or {}, guidance_state, cond)
 
     def lower(self, params, key, labels, offset=0, guidance_values=None, knobs=None,
-              guidance_state=None):
+              guidance_state=None, cond=None):
         return self.fn.lower(params, key, labels, jnp.asarray(offset, jnp.int32),
-                             guidance_values or {}, knobs or {}, guidance_state)
+                             guidance_values or {}, knobs or {}, guidance_state, cond)
 
 
 def padded_batch(batch: int, mesh) -> int:
@@ -90,12 +92,14 @@ def _build(den, process, sampler, steps, spacing, batch, example_shape, static, 
     def constrain(a, s):
         return a if s is None else jax.lax.with_sharding_constraint(a, s)
 
-    def fn(params, key, labels, offset, gvals, knobs, gstate):
+    def fn(params, key, labels, offset, gvals, knobs, gstate, extra):
         if gather_params:
             params = constrain(params, rep)      # FSDP-sharded params: gathered once, here
             gstate = constrain(gstate, rep)
         D = guidance_lib.apply(denoisers.bind(den, params), static, gvals, ctx, gstate)
-        cond = None if null_label is None else {"label": constrain(labels, bsh)}
+        cond = {} if null_label is None else {"label": constrain(labels, bsh)}
+        cond.update(constrain(extra or {}, bsh))
+        cond = cond or None
         keys = constrain(samplers.example_keys(key, batch, offset), bsh)
         x = samplers.sample(sampler, D, sig, keys=keys, shape=shape, cond=cond, process=process,
                             **knobs).x
@@ -104,7 +108,7 @@ def _build(den, process, sampler, steps, spacing, batch, example_shape, static, 
     if mesh is None:
         jitted = jax.jit(fn)
     else:   # params: wherever they are (replicated by load, FSDP-sharded by the train step)
-        jitted = jax.jit(fn, in_shardings=(None, rep, bsh, rep, rep, rep, None),
+        jitted = jax.jit(fn, in_shardings=(None, rep, bsh, rep, rep, rep, None, bsh),
                          out_shardings=bsh)
     return Program(fn=jitted, batch=batch, example_shape=example_shape, sigmas=sig, mesh=mesh,
                    guidance=static)

@@ -8,21 +8,22 @@ denoiser by y (steering.py) and run the compiled sampler, batch by batch.
     out.x, out.y                        # restorations (N, H, W, C) in [-1, 1], measurements
 
 A class-conditional run is drawn unconditionally (its null label, ``run.num_classes``) unless
-``labels`` are given. One program per (run, sampler, steps, spacing, batch, operator, method): the
-params, the seed, the measurements and the strength are its arguments (a new strength never
-recompiles). Example i uses the key fold_in(key(seed), i), so a restoration does not depend on
-the batch size. ``method='none'`` is the no-prior baseline ``operators.baseline`` (project(0, y)).
+``labels`` are given. The draw is the one sampling program (``inference.generate``) with the
+guidance method 'steer' / 'dps' of the registry (guidance/measurement.py), the operator as its
+prepared static part and the measurements as the program's per-example ``cond``: one program per
+(run, sampler, steps, spacing, batch, operator, method); the params, the seed, the measurements and
+the strength are its arguments (a new strength never recompiles); over the run's mesh. Example i
+uses the key fold_in(key(seed), i), so a restoration does not depend on the batch size.
+``method='none'`` is the no-prior baseline ``operators.baseline`` (project(0, y)).
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffjax.core import denoisers, samplers, timesteps
 from diffjax.inverse import operators as ops
 from diffjax.inverse import steering
 
@@ -44,23 +45,6 @@ def measure(op: ops.Operator, images, noise_std: float = 0.0, seed: int = 0) -> 
         n = noise_std * np.random.default_rng(seed).standard_normal(y.shape).astype(np.float32)
         y = y + (n if op.observed is None else n * np.asarray(op.observed, np.float32))
     return y.astype(np.float32)
-
-
-@functools.lru_cache(maxsize=32)
-def _program(den, process, sampler, steps, spacing, batch, example_shape, op, method, null_label):
-    sig = timesteps.sigmas(process, steps, spacing)
-    shape = (batch,) + tuple(example_shape)
-
-    def fn(params, key, y, labels, offset, strength, knobs):
-        D = steering.transform(method, denoisers.bind(den, params), op, strength)
-        cond = {steering.KEY: y}
-        if null_label is not None:
-            cond["label"] = labels
-        keys = samplers.example_keys(key, batch, offset)
-        return samplers.sample(sampler, D, sig, keys=keys, shape=shape, cond=cond,
-                               process=process, **knobs).x
-
-    return jax.jit(fn)
 
 
 def restore(run, images=None, operator="inpaint", *, measurements=None, method: str = "steer",
@@ -92,25 +76,16 @@ def restore(run, images=None, operator="inpaint", *, measurements=None, method: 
     if method == "none":
         x = np.asarray(jax.jit(lambda v: ops.baseline(op, v, v.shape[:1] + shape))(y))
         return Restoration(np.clip(x, -1, 1) if clip else x, y, op, method, float(strength))
-    samplers.get(sampler)
-    timesteps.validate(timesteps.sigmas(run.process, int(steps), spacing))
-    from diffjax.inference import pick_params
-    params = pick_params(run.params, params_name or run.config.sample.params)
-    n = y.shape[0]
+    from diffjax import guidance, inference
+    section = guidance.resolve({"name": "steer" if method == "steer_grad" else method,
+                                "scale": float(strength), "operator": op.name,
+                                **({"form": "grad"} if method == "steer_grad" else {})})
     null = run.num_classes if run.num_classes else None
-    lab = np.full((n,), null or 0, np.int32) if labels is None else np.asarray(labels, np.int32)
-    b = max(1, min(int(batch_size), n))
-    prog = _program(run.den, run.process, sampler, int(steps), spacing, b, shape, op, method, null)
-    key = jax.random.key(seed)
-    kn = {k: jnp.float32(v) for k, v in (knobs or {}).items()}
-    out = []
-    for start in range(0, n, b):
-        yb = np.zeros((b,) + y.shape[1:], np.float32)
-        lb = np.full((b,), null or 0, np.int32)
-        m = min(b, n - start)
-        yb[:m], lb[:m] = y[start:start + m], lab[start:start + m]
-        x = prog(params, key, jnp.asarray(yb), jnp.asarray(lb), jnp.int32(start),
-                 jnp.float32(strength), kn)
-        out.append(np.asarray(jax.device_get(x))[:m])
-    x = np.concatenate(out)
-    return Restoration(np.clip(x, -1, 1) if clip else x, y, op, method, float(strength))
+    lab = np.full((y.shape[0],), null or 0, np.int32) if labels is None else \
+        np.asarray(labels, np.int32)
+    x = inference.generate(run, y.shape[0], sampler=sampler, steps=int(steps), guidance=section,
+                           seed=seed, labels=lab, batch_size=max(1, min(int(batch_size),
+                                                                        y.shape[0])),
+                           params_name=params_name, spacing=spacing, clip=clip, knobs=knobs,
+                           cond={steering.KEY: y}, prepared=(op, None))
+    return Restoration(x, y, op, method, float(strength))

@@ -40,17 +40,20 @@ def test_restorations_do_not_depend_on_the_batch_size():
 
 
 def test_a_new_strength_or_seed_reuses_the_program():
-    restore._program.cache_clear()
+    """restore draws with the one sampling program (inference.program) and the registry's 'steer'."""
+    from diffjax import guidance
+    from diffjax.inference import program
+    program._build.cache_clear()
     op = operators.make("sr", SHAPE, factor=2)
-    kw = {k: v for k, v in KW.items() if k != "operator_options"}
+    kw = {k: v for k, v in KW.items() if k not in ("operator_options", "sampler")}
     outs = [restore.restore(_run(), X, op, method="steer", strength=s, seed=seed, batch_size=5,
-                            sampler="ddim", knobs={"eta": 1.0}, clip=False, **{k: v for k, v in kw.items()
-                                                                  if k != "sampler"}).x
+                            sampler="ddim", knobs={"eta": 1.0}, clip=False, **kw).x
             for s, seed in ((0.5, 0), (1.0, 0), (1.0, 7))]
-    assert restore._program.cache_info().currsize == 1
-    fn = restore._program(_run().den, _run().process, "ddim", 4, "karras", 5, SHAPE, op, "steer",
-                          None)
-    assert fn._cache_size() == 1
+    assert program._build.cache_info().currsize == 1
+    static = guidance.split(guidance.resolve({"name": "steer", "operator": "sr"}), op)[0]
+    prog = inference.program_for(_run(), sampler="ddim", steps=4, spacing="karras", batch=5,
+                                 guidance=static)
+    assert program._build.cache_info().currsize == 1 and prog.fn._cache_size() == 1
     assert not np.allclose(outs[0], outs[1]) and not np.allclose(outs[1], outs[2])
     np.testing.assert_allclose(np.asarray(op.forward(outs[1])), restore.measure(op, X), atol=1e-5)
 
