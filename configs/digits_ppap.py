@@ -10,20 +10,11 @@ predictions on them (objective ``ppap``, training/ppap_objective.py; guidance/pp
     diffjax sample --workdir /tmp/digits --guidance ppap \\
         --guidance.experts_workdir /tmp/digits_ppap --guidance.scale 2 --out ppap.png
 """
-import importlib.util
-import os
-
-
-def _clean():
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_clean_classifier.py")
-    spec = importlib.util.spec_from_file_location("diffjax_configs_digits_clean", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from diffjax.training.config import sibling
 
 
 def get_config(arg=None):
-    c = _clean().get_config(arg)          # the teacher's model, optimizer, checkpoints
+    c = sibling(__file__, "digits_clean_classifier.py", arg)   # the teacher's model, ...
     c.objective.name = "ppap"
     c.objective.teacher_workdir = ""      # required: the clean classifier's run
     c.objective.teacher_params = ""

@@ -8,22 +8,13 @@ trained for 1/8 of the steps. The paper's guides are one size smaller and ~1/16 
 
 ``--config configs/digits_weak.py:shapes16`` makes the weak model of configs/shapes16.py instead.
 """
-import importlib.util
-import os
-
-
-def _main(name):
-    if name not in ("digits", "shapes16"):
-        raise ValueError(f"configs/digits_weak.py:{name}: the weak model of digits or shapes16")
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"diffjax_configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from diffjax.training.config import sibling
 
 
 def get_config(arg=None):
-    c = _main(arg or "digits").get_config()
+    if arg not in (None, "", "digits", "shapes16"):
+        raise ValueError(f"configs/digits_weak.py:{arg}: the weak model of digits or shapes16")
+    c = sibling(__file__, f"{arg or 'digits'}.py")
     c.model.model_channels = 8
     c.model.num_head_channels = 8
     c.total_steps = c.total_steps // 8

@@ -44,19 +44,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 from diffjax import inference  # noqa: E402
+from experiments.runs import ensure_trained  # noqa: E402
 from diffjax.training import evaluation  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = [1.0, 1.5, 2.0, 3.0, 4.0]
-
-
-def ensure_trained(workdir: str, config: str):
-    ckpt = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(ckpt) and os.listdir(ckpt):
-        return
-    print(f"training {config} into {workdir} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "diffjax.cli", "train", "--config", config, "--workdir",
-                    workdir], check=True, cwd=ROOT)
 
 
 CALLS = {"classifier": 1, "elucd": 1, "ppap": 1, "gfcg": 2, "gfcg_cfg": 3, "gfcg_auto": 3}
@@ -74,10 +66,8 @@ def ensure_ppap(workdir: str, main: str, clean: str, data: str, num: int = 2000)
         subprocess.run(cli + ["sample", "--workdir", main, "--guidance", "0", "--num", str(num),
                               "--npz", gen, "--out", os.path.join(workdir, "generated.png")],
                        check=True, cwd=ROOT)
-    subprocess.run(cli + ["train", "--config",
-                          os.path.join(ROOT, "configs", "digits_ppap.py") + ":" + data,
-                          "--workdir", workdir, f"--config.objective.teacher_workdir={clean}",
-                          f"--config.data.path={gen}"], check=True, cwd=ROOT)
+    ensure_trained(workdir, os.path.join(ROOT, "configs", "digits_ppap.py") + ":" + data,
+                   f"--config.objective.teacher_workdir={clean}", f"--config.data.path={gen}")
 
 
 def diversity(feats: np.ndarray, labels: np.ndarray, real_feats: np.ndarray,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -28,6 +27,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import numpy as np  # noqa: E402
 
 from diffjax import inference  # noqa: E402
+from experiments.runs import ensure_trained  # noqa: E402
 from diffjax.data.digits import load_digits  # noqa: E402
 from diffjax.inverse import operators as ops  # noqa: E402
 from diffjax.inverse import restore  # noqa: E402
@@ -40,15 +40,6 @@ TASKS = {"inpaint_box": ("inpaint", {"mask": "box", "size": 0.5}),
 # name -> (method, sampler, knobs, steps multiplier)
 METHODS = {"none": ("none", None, {}, 1), "steer": ("steer", None, {}, 1),
            "steer_ddim_eta1": ("steer", "ddim", {"eta": 1.0}, 2), "dps": ("dps", None, {}, 1)}
-
-
-def ensure_trained(workdir: str, config: str):
-    ckpt = os.path.join(workdir, "checkpoints")
-    if os.path.isdir(ckpt) and os.listdir(ckpt):
-        return
-    print(f"training {config} into {workdir} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "diffjax.cli", "train", "--config", config, "--workdir",
-                    workdir], check=True, cwd=ROOT)
 
 
 def _gauss_window(size: int = 11, std: float = 1.5) -> np.ndarray:

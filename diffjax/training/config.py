@@ -73,3 +73,21 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
         classifier="classifier_tiny", classifier_steps=500,
         classifier_resolution=config_dict.placeholder(int)))
     return c
+
+
+def sibling(config_file: str, name: str, arg=None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of the config file ``name`` next to ``config_file`` (a config that
+    builds on another: ``sibling(__file__, 'digits.py')``)."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config {config_file!r} builds on {name!r}, which is not next "
+                                f"to it ({path})")
+    spec = importlib.util.spec_from_file_location(
+        "diffjax_configs_" + os.path.splitext(name)[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+

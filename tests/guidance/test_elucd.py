@@ -10,6 +10,7 @@ from diffjax.core import analytic, samplers, timesteps, processes
 from diffjax.guidance.elucd import calibrated_logp, elucd, rms
 from diffjax.models import registry
 from diffjax.models.classifier import softplus
+from tests.guidance.mixtures import label_accuracy
 
 MEANS = jnp.array([[-1.5, 0.0], [1.5, 0.0]])
 GM = analytic.isotropic_mixture(MEANS, 0.4)
@@ -56,20 +57,12 @@ def _guided(scale, path, **kw):
     return elucd(D, linear_logits, W, scale=scale, path=path, **f)
 
 
-def _accuracy(Dg, n=2000):
-    sig = timesteps.sigmas(processes.get("edm"), 18, "karras")
-    y = jnp.arange(n) % 2
-    x = samplers.sample("heun", Dg, sig, key=jax.random.key(3), shape=(n, 2),
-                        cond={"label": y}).x
-    return float(jnp.mean((x[:, 0] > 0) == (y == 1)))
-
-
 @pytest.mark.parametrize("path,scale", [("x0", 1.0), ("noisy", 0.3)])
 def test_guidance_toward_the_label_raises_its_share_of_samples(path, scale):
     """Unguided, half the samples are in the requested component; EluCD moves most there."""
-    base = _accuracy(D)
+    base = label_accuracy(D)
     assert 0.45 < base < 0.55
-    assert _accuracy(_guided(scale, path)) > 0.8
+    assert label_accuracy(_guided(scale, path)) > 0.8
 
 
 @pytest.mark.parametrize("path", ["x0", "noisy"])

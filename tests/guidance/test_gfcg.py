@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from diffjax import guidance
-from diffjax.core import analytic, processes, samplers, timesteps
+from diffjax.core import analytic, processes
 from diffjax.guidance.classifier_free import classifier_free
 from diffjax.guidance.gfcg import gfcg, reference
+from tests.guidance.mixtures import label_accuracy
 
 MEANS = jnp.array([[-1.5, 0.0], [1.5, 0.0]])
 # the model is weakly conditional: its label shifts the component weights to 0.6 / 0.4 only
@@ -61,18 +62,10 @@ def test_gradient_free_and_scale_zero_reduces_to_the_base():
     assert guidance.apply(D, static, {}, guidance.Context(null_label=NULL)) is D
 
 
-def _accuracy(Dg, n=2000):
-    sig = timesteps.sigmas(processes.get("edm"), 18, "karras")
-    y = jnp.arange(n) % 2
-    x = samplers.sample("heun", Dg, sig, key=jax.random.key(3), shape=(n, 2),
-                        cond={"label": y}).x
-    return float(jnp.mean((x[:, 0] > 0) == (y == 1)))
-
-
 def test_contrast_with_the_confused_class_moves_samples_to_the_label():
-    base = _accuracy(lambda x, s, c: D(x, s, c))
+    base = label_accuracy(lambda x, s, c: D(x, s, c))
     assert 0.55 < base < 0.65
-    guided = _accuracy(gfcg(D, logits, W, scale=4.0, base="none", base_scale=1.0, null_label=NULL))
+    guided = label_accuracy(gfcg(D, logits, W, scale=4.0, base="none", base_scale=1.0, null_label=NULL))
     assert guided > base + 0.15
 
 
