@@ -159,10 +159,15 @@ def test_npz_round_trip(tmp_path):
     assert images.shape == (3, 8, 8, 1) and labels.tolist() == [0, 0, 0]
     src = get_source({"name": "npz", "path": str(tmp_path / "u8.npz")})
     assert len(src) == 7 and src.num_classes == 2
+    # what diffjax sample --npz writes (x, label) reads the same
+    np.savez(tmp_path / "sampled.npz", x=floats, label=np.array([2, 0, 1]))
+    images, labels = load_npz(tmp_path / "sampled.npz")
+    np.testing.assert_allclose(images, floats)
+    assert labels.tolist() == [2, 0, 1]
 
 
 @pytest.mark.parametrize("arrays,match", [
-    ({"x": np.zeros((2, 4, 4, 3), np.uint8)}, "no 'images' array"),
+    ({"pixels": np.zeros((2, 4, 4, 3), np.uint8)}, r"no 'images' \(or 'x'\) array"),
     ({"images": np.zeros((2, 4, 4), np.uint8)}, "NHWC"),
     ({"images": np.zeros((0, 4, 4, 3), np.uint8)}, "no images"),
     ({"images": np.zeros((2, 4, 4, 3), np.uint8), "labels": np.zeros(3, int)}, "labels must have"),
