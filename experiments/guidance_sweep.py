@@ -16,7 +16,8 @@ Claims checked (direction only, at this scale):
   (configs/digits_noisy_classifier.py, --classifier DIR): accuracy rises with the scale.
 - EluCD (Ma et al. 2024) with an off-the-shelf classifier trained on clean digits only
   (configs/digits_clean_classifier.py, --clean DIR): improves on unguided sampling and approaches
-  the trained noisy classifier;
+  the trained noisy classifier (elucd: their DDPM path, on x0; elucd_noisy: their EDM path with
+  its defaults beta 5, tau2 0);
 - GFCG (Shenoy et al. 2024, experimental reconstruction), the same clean classifier, alone and on
   top of classifier-free guidance and autoguidance (gfcg, gfcg_cfg, gfcg_auto): a trade-off at or
   beyond classifier-free guidance's;
@@ -51,7 +52,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCALES = [1.0, 1.5, 2.0, 3.0, 4.0]
 
 
-CALLS = {"classifier": 1, "elucd": 1, "ppap": 1, "gfcg": 2, "gfcg_cfg": 3, "gfcg_auto": 3}
+CALLS = {"classifier": 1, "elucd": 1, "elucd_noisy": 1, "ppap": 1, "gfcg": 2, "gfcg_cfg": 3, "gfcg_auto": 3}
 
 
 def ensure_ppap(workdir: str, main: str, clean: str, data: str, num: int = 2000):
@@ -163,12 +164,14 @@ def main(argv=None):
         ensure_trained(args.clean, cfg("digits_clean_classifier.py") + ":" + args.data)
         clean = {"classifier_workdir": args.clean}
         methods["elucd"] = lambda w: {"name": "elucd", "scale": w, **clean}
+        methods["elucd_noisy"] = lambda w: {"name": "elucd", "scale": w, "path": "noisy",
+                                            "smooth_beta": 5.0, "tau2": 0.0, **clean}
         methods["gfcg"] = lambda w: {"name": "gfcg", "scale": w, **clean}
         methods["gfcg_cfg"] = lambda w: {"name": "gfcg", "scale": w, "base": "cfg",
                                          "base_scale": 2.0, **clean}
         methods["gfcg_auto"] = lambda w: {"name": "gfcg", "scale": w, "base": "auto",
                                           "base_scale": 2.0, "weak_workdir": args.weak, **clean}
-        scales.update(elucd=[0.0, 0.3, 1.0, 2.0, 4.0], gfcg=[0.0, 1.0, 2.0, 4.0, 8.0],
+        scales.update(elucd=[0.0, 0.3, 1.0, 2.0, 4.0], elucd_noisy=[0.03, 0.1, 0.3, 1.0], gfcg=[0.0, 1.0, 2.0, 4.0, 8.0],
                       gfcg_cfg=[0.0, 1.0, 2.0, 4.0], gfcg_auto=[0.0, 1.0, 2.0, 4.0])
     if args.ppap:
         if not args.clean:
