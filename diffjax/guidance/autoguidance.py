@@ -23,11 +23,13 @@ from diffjax.guidance import other_runs
 from diffjax.guidance.registry import Method, register
 
 
-def prepare(section, run):
-    weak, name = other_runs.load("auto", "weak_workdir", section["weak_workdir"],
+def prepare(section, run, method: str = "auto"):
+    """(the weak run's denoiser, its params) for the section's weak_* fields (``method`` names
+    the guidance asking, for the errors)."""
+    weak, name = other_runs.load(method, "weak_workdir", section["weak_workdir"],
                                  section["weak_params"], section["weak_step"], run,
                                  what="the weak model's run", config_file="configs/digits_weak.py")
-    other_runs.check_compatible("auto", section["weak_workdir"], weak, run, "the weak run")
+    other_runs.check_compatible(method, section["weak_workdir"], weak, run, "the weak run")
     return weak.den, weak.params[name]
 
 

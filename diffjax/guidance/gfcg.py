@@ -105,7 +105,7 @@ def prepare(section, run):
     logits, clf_params = elucd.load_clean_classifier("gfcg", section, run)
     if section["base"] != "auto":
         return (logits, None), {"classifier": clf_params}
-    weak_den, weak_params = autoguidance.prepare(section, run)
+    weak_den, weak_params = autoguidance.prepare(section, run, "gfcg")
     return (logits, weak_den), {"classifier": clf_params, "weak": weak_params}
 
 

@@ -121,12 +121,14 @@ def build_objective(config, model, example_shape) -> objectives.Objective:
 
 def param_shapes(config, model, example_shape):
     """ShapeDtypeStructs of the params a run trains: the model's, or what its objective's
-    ``init_params`` makes of them (inference.load restores this structure)."""
-    obj = build_objective(config, model, example_shape)
+    ``init_params`` makes of them (inference.load restores this structure). The default
+    objective is not built (it trains the model's own params; old run configs load unchanged)."""
+    obj = (None if objectives.section(config).get("name", "denoising") == "denoising"
+           else build_objective(config, model, example_shape))
 
     def init(key):
         params = model.init(key, *example_inputs(model, example_shape))["params"]
-        return params if obj.init_params is None else obj.init_params(key, params)
+        return params if obj is None or obj.init_params is None else obj.init_params(key, params)
 
     return jax.eval_shape(init, jax.random.key(0))
 
