@@ -138,7 +138,7 @@ def prepare(section, run):
     edges = tuple(float(b) for b in bounds(int(obj["experts"]), float(obj["sigma_min"]),
                                            float(obj["sigma_max"])))
     static = _static(ex.model, edges, float(obj["alpha"]), int(ex.config.model.num_classes),
-                     float(run.config.diffusion.sigma_data))
+                     float(ex.config.diffusion.sigma_data))   # as the experts were trained
     return static, ex.params[name]
 
 
