@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffjax.guidance import other_runs
+from diffjax.guidance.classifier import classifier_guidance, classifier_inputs
 from diffjax.guidance.registry import Method, register
 from diffjax.models import lora
 
@@ -101,27 +102,20 @@ def expert_logits(apply_fn, params, x_in, sigma, edges, alpha: float):
 
 def ppap_guidance(D, apply_fn, params, edges, alpha, num_classes, scale, sigma_data=0.5,
                   label_key="label"):
-    """D' of the module docstring."""
+    """D' of the module docstring: classifier guidance (guidance/classifier.py) whose
+    log-likelihood is the expert of the noise level, on the classifier's preconditioned input."""
 
-    def logp(z, sigma, y):
-        s = jnp.broadcast_to(jnp.asarray(sigma, z.dtype), (z.shape[0],))
-        c_in = (1.0 / jnp.sqrt(s ** 2 + sigma_data ** 2)).reshape((-1,) + (1,) * (z.ndim - 1))
-        logits = expert_logits(apply_fn, params, z * c_in, sigma, edges, alpha)
+    def logp(experts, z, sigma, cond):
+        x_in, _ = classifier_inputs(z, sigma, sigma_data)
+        logits = expert_logits(apply_fn, experts, x_in, sigma, edges, alpha)
         if logits.shape != (z.shape[0], num_classes):
             raise ValueError(f"guidance ppap: the experts returned logits of shape {logits.shape} "
                              f"for a batch of {z.shape[0]}; expected ({z.shape[0]}, "
                              f"{num_classes})")
         lp = jax.nn.log_softmax(logits.astype(jnp.float32))
-        return jnp.sum(jnp.take_along_axis(lp, y[:, None], axis=1))
+        return jnp.take_along_axis(lp, cond[label_key][:, None], axis=1)[:, 0]
 
-    def guided(x, sigma, cond):
-        d = D(x, sigma, cond)
-        g = jax.grad(logp)(x.astype(jnp.float32), sigma, cond[label_key])
-        s = jnp.broadcast_to(jnp.asarray(sigma, jnp.float32), (x.shape[0],))
-        s2 = (s ** 2).reshape((-1,) + (1,) * (x.ndim - 1))
-        return d + (jnp.asarray(scale, jnp.float32) * s2 * g).astype(d.dtype)
-
-    return guided
+    return classifier_guidance(D, logp, params, scale)
 
 
 def prepare(section, run):

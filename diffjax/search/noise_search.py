@@ -23,7 +23,6 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from diffjax.core import samplers
 from diffjax.search.verifiers import set_scorer
@@ -140,6 +139,3 @@ def zero_order(key, gen: Callable, verifier, *, shape, candidates: int, iteratio
         history.append(best)
     return SearchResult(x, pivot, best, int(nfe), jnp.stack(history))
 
-
-def as_numpy(result: SearchResult) -> SearchResult:
-    return SearchResult(*(np.asarray(v) if hasattr(v, "shape") else v for v in result))

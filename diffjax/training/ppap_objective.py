@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.guidance import ppap
+from diffjax.guidance.classifier import classifier_inputs
 from diffjax.training.objectives import Context, Objective, register
 
 
@@ -97,10 +98,9 @@ def ppap_objective(ctx: Context) -> Objective:
         xs = x0.reshape((n, per) + x0.shape[1:])
         noisy = xs + sigma.reshape(sigma.shape + (1,) * (x0.ndim - 1)) * jax.random.normal(
             k_n, xs.shape)
-        c_in = (1.0 / jnp.sqrt(sigma ** 2 + sigma_data ** 2)).reshape(sigma.shape
-                                                                      + (1,) * (x0.ndim - 1))
+        x_in = classifier_inputs(noisy.reshape(x0.shape), sigma.reshape(-1), sigma_data)[0]
         logits = jax.vmap(lambda i, z: apply(ppap.expert(params, i, alpha), z))(
-            jnp.arange(n), noisy * c_in).reshape((b, -1))
+            jnp.arange(n), x_in.reshape(xs.shape)).reshape((b, -1))
         log_s = jax.nn.log_softmax(logits, axis=-1)
         per_ex = jnp.sum(p_t * (jnp.log(jnp.maximum(p_t, 1e-30)) - log_s), axis=-1)
         agree = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(p_t, -1))
