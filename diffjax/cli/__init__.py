@@ -6,6 +6,8 @@
     diffjax sample   --workdir DIR --guidance NAME --guidance.scale W --guidance.FIELD V ...
     diffjax preflight --config configs/imagenet256_dit_xl2.py --topology v5p:4x4x4 [--config.x=y]
     diffjax restore  --workdir DIR --operator inpaint|sr|colorize|deblur --input FILE --out PNG
+    diffjax search   --workdir DIR --method dts|dts_star|bon|random|zero_order|paths|smc
+                     --budget NFE --reward class:7|even|odd|... --num N --out grid.png
     diffjax COMMAND --help      that command's flags only, with the valid samplers, guidance
                                 methods and parameter sets (those of the run with --workdir DIR)
 
@@ -59,6 +61,7 @@ from diffjax.cli.messages import fail, flag_error_message, message_of, user_erro
 from diffjax.cli.table import (COMMANDS, EXIT_INTERRUPTED, OUR_FLAGS, CommandError,  # noqa: F401
                                DoesNotFit)
 from diffjax.cli import restore as _restore  # noqa: E402  (defines the restore flags)
+from diffjax.cli import search as _search  # noqa: E402  (defines the search flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python file "
                                           "with get_config()), e.g. configs/digits.py; "
@@ -394,7 +397,8 @@ def _printable(d: dict) -> dict:
 
 
 _RUN = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
-        "preflight": cmd_preflight, "restore": _restore.cmd_restore}
+        "preflight": cmd_preflight, "restore": _restore.cmd_restore,
+        "search": _search.cmd_search}
 
 
 def _main(argv):
@@ -407,6 +411,9 @@ def _main(argv):
         if cmd == "restore":            # its mistakes answered before jax is imported
             _need_workdir(cmd)
             _restore.check_flags()
+        if cmd == "search":
+            _need_workdir(cmd)
+            _search.check_flags()
         if cmd != "preflight":  # deviceless TPU executables are not worth caching on disk
             logs.skip_absent_tpu()  # no libtpu start-up noise where there is no TPU
             _init_compilation_cache()

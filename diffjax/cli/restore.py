@@ -32,9 +32,14 @@ _OPERATOR = flags.DEFINE_string("operator", None, "Forward operator: " + ", ".jo
                                 + ".")
 _INPUT = flags.DEFINE_string("input", None, "Images to restore: an .npz with 'x' (N, H, W, C) in "
                              "[-1, 1], or one image file (PNG, JPEG), resized to the run's size.")
-_METHOD = flags.DEFINE_string("method", "steer", "steer (steered diffusion, Nair et al. 2023), dps "
-                              "(diffusion posterior sampling, Chung et al. 2023) or none (no "
-                              "prior: project(0, y)).")
+_METHOD = flags.DEFINE_string("method", None, "restore: steer (steered diffusion, Nair et al. "
+                              "2023; the default), dps (diffusion posterior sampling, Chung et al. "
+                              "2023) or none (no prior: project(0, y)). search: dts (the default), "
+                              "dts_star, bon, random, zero_order, paths or smc.")
+
+
+def method() -> str:
+    return _METHOD.value or "steer"
 _STRENGTH = flags.DEFINE_float("strength", None, "Guidance strength (steer: projection weight, "
                                "default 1; dps: zeta, default 20); 0 = the unguided model.")
 _MEASURED = flags.DEFINE_bool("measured", False, "The input already is the measurement y (e.g. a "
@@ -66,8 +71,8 @@ def check_flags() -> tuple[str, dict]:
     if name not in OPERATOR_NAMES:
         raise CommandError(f"unknown operator {name!r}; valid operators: "
                            f"{', '.join(OPERATOR_NAMES)}")
-    if _METHOD.value not in METHOD_NAMES:
-        raise CommandError(f"unknown --method {_METHOD.value!r}; valid: {', '.join(METHOD_NAMES)}")
+    if method() not in METHOD_NAMES:
+        raise CommandError(f"unknown --method {method()!r}; valid: {', '.join(METHOD_NAMES)}")
     opts = {}
     for flag, (op, key) in _OPTIONS.items():
         value = flags.FLAGS[flag].value
@@ -169,9 +174,9 @@ def cmd_restore():
     seed = int(typed.get("seed", 0))
     out = F["out"].value or os.path.join(workdir, "restore.png")
     _say(f"diffjax restore: {len(src)} image{'s' if len(src) != 1 else ''} from {_INPUT.value}, "
-         f"operator {name} {opts or ''}, method {_METHOD.value}, run {workdir} checkpoint step "
+         f"operator {name} {opts or ''}, method {method()}, run {workdir} checkpoint step "
          f"{run.step}, sampler {sampler}, {steps} steps, seed {seed} -> {out}")
-    kw = dict(operator=op, method=_METHOD.value, strength=_STRENGTH.value, steps=steps,
+    kw = dict(operator=op, method=method(), strength=_STRENGTH.value, steps=steps,
               sampler=sampler, spacing=spacing, seed=seed,
               params_name=typed.get("params"))
     if _MEASURED.value:
@@ -183,7 +188,7 @@ def cmd_restore():
     shown = np.clip(np.asarray(operators.baseline(op, res.y, (len(src),) + shape)), -1, 1)
     top = shown if _MEASURED.value else src
     result = {"out": out, "num": len(src), "operator": name, "options": opts,
-              "method": _METHOD.value, "strength": res.strength, "sampler": sampler,
+              "method": method(), "strength": res.strength, "sampler": sampler,
               "steps": steps, "spacing": spacing, "seed": seed, "checkpoint_step": run.step,
               "consistency": float(np.mean(np.linalg.norm(
                   (np.asarray(op.forward(res.x)) - res.y).reshape(len(src), -1), axis=1)))}

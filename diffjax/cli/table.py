@@ -39,6 +39,13 @@ COMMANDS = {
                 ("workdir", "operator", "input", "out", "method", "strength", "steps", "sampler",
                  "spacing", "seed", "params", "checkpoint_step", "measured", "factor", "mask",
                  "mask_keep", "kernel_size", "blur_std", "noise_std", "npz") + HOSTS),
+    "search": ("spend a budget of NFE on better samples: tree search (DTS, DTS*), best-of-N, "
+               "noise and path search, SMC, under a classifier reward",
+               "--workdir DIR --budget NFE --reward class:K|classes:K1,K2|even|odd|label [--method "
+               "dts|dts_star|bon|random|zero_order|paths|smc --num N --label K --out PNG]",
+               ("workdir", "method", "budget", "reward", "num", "label", "lam",
+                "classifier_workdir", "sampler", "steps", "spacing", "guidance", "params",
+                "checkpoint_step", "seed", "out", "npz") + HOSTS),
 }
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-helpshort", "-?")
 METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sampler": "NAME",
@@ -47,7 +54,9 @@ METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sample
             "num_processes": "N", "process_id": "I", "compilation_cache_dir": "DIR",
             "topology": "SLICE", "json": "FILE", "operator": "NAME", "input": "FILE",
             "method": "NAME", "strength": "W", "factor": "F", "mask": "KIND",
-            "mask_keep": "P", "kernel_size": "K", "blur_std": "S", "noise_std": "S"}
+            "mask_keep": "P", "kernel_size": "K", "blur_std": "S", "noise_std": "S",
+            "budget": "NFE", "reward": "SPEC", "label": "K", "lam": "L",
+            "classifier_workdir": "DIR"}
 
 
 # Every flag the CLI defines; each command takes the ones listed in COMMANDS. absl's own flags

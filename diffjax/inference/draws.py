@@ -9,12 +9,15 @@ several processes every process passes the same arguments and gets the whole res
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 import jax
 import jax.numpy as jnp
 
 from diffjax import guidance as guidance_lib
+from diffjax.core import denoisers
 from diffjax.inference import program as program_lib
 from diffjax.inference.loading import Run, pick_params
 from diffjax.inference.draw_settings import check_setting, resolve_for
@@ -46,6 +49,27 @@ def program_for(run: Run, *, sampler: str, steps: int, spacing: str, batch: int,
     return program_lib.build(run.den, run.process, sampler=sampler, steps=steps, spacing=spacing,
                              batch=batch, example_shape=run.example_shape, guidance=guidance,
                              null_label=null, mesh=run.mesh)
+
+
+def denoiser(run: Run, guidance=1.0, *, params_name: str | None = None,
+             sigmas=None) -> Callable:
+    """The run's denoiser D(x, sigma, cond) with ``guidance`` applied (a section, a number or a
+    method name, as ``generate`` takes it), for code that drives the stepper itself (search,
+    tree methods): ``cond`` is {'label': (B,)} for a class-conditional run (guidance scale 0: the
+    unconditional model) or None. ``sigmas``: the grid it will run on, to check the guidance's
+    settings against."""
+    params = pick_params(run.params, params_name or run.config.sample.params)
+    sec = resolve_for(run, guidance)
+    if sigmas is not None:
+        guidance_lib.check(sec, sigmas)
+    if guidance_lib.get(sec["name"]).needs_cond:
+        raise ValueError(f"guidance {sec['name']!r} needs per-example inputs "
+                         f"({', '.join(guidance_lib.get(sec['name']).needs_cond)}): use "
+                         f"inverse.restore")
+    static, state = guidance_lib.prepare(sec, run)
+    ctx = guidance_lib.Context(null_label=run.num_classes if run.num_classes else None)
+    return guidance_lib.apply(denoisers.bind(run.den, params), static,
+                              guidance_lib.traced_values(sec), ctx, state)
 
 
 def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guidance=1.0,

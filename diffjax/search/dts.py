@@ -12,16 +12,17 @@ The reverse chain of a stochastic sampler is a tree; DTS grows it by iterations 
 
 and samples from the finished tree at zero NFE: DTS targets p(x0) exp(lambda r(x0)) (Prop. 1, as the
 iterations grow), DTS* returns the best paths by argmax v. Nodes branch only at ``branch_steps``
-(step indices of the sampler's grid; the root always branches: its children are fresh prior draws,
-the paper's 50-step schedule branches at steps 0, 10, 20, 30, 40).
+(step indices of the sampler's grid; step 0 is always one: the root's children are fresh prior
+draws x_T, and they branch too; the paper's 50-step schedule branches at steps 0, 10, 20, 30, 40).
 
-Batched and sharded. ``batch`` iterations are selected on the host (visits counted at selection;
-children of the batch are pending until it is evaluated), and their rollouts are denoised
-together: one jitted call per tree level over all rollouts that are at that level, with the node
-states kept on the device in one buffer (rows are whole sampler states, so every sampler of the
-stepper works: multistep history and all) and the rows sharded over the mesh's batch axes. The
-noise of a rollout is drawn from fold_in(key, its first node's index), so the tree does not depend
-on the batch padding, the bucket or the device count. NFE is the stepper's own count, summed over
+Batched and sharded, as continuous batching: ``batch`` rollouts are in flight in fixed slots. Each
+jitted call advances every slot by one segment (branch level to branch level, each slot from its
+own step: one compiled program for the whole search), writes the new nodes' states into a device
+buffer of whole sampler states (so every sampler of the stepper works, multistep history and all)
+and shards the slots over the mesh's batch axes. A slot whose rollout reaches x0 is scored,
+backed up and refilled by a new selection on the host before the next call (visits are counted at
+selection; the nodes of rollouts in flight are pending). The noise of a rollout is drawn from
+fold_in(key, its first node's index), so the tree does not depend on the device count. NFE is the stepper's own count, summed over
 rollouts (a rollout from level l costs exactly the sampler's NFE from branch step l to the end);
 a batch never overshoots ``budget``.
 
@@ -54,10 +55,8 @@ class DTSResult(NamedTuple):
 
 
 def _check_branches(branch_steps, num_steps: int) -> tuple:
-    steps = tuple(sorted(set(int(s) for s in branch_steps)))
-    if not steps:
-        raise ValueError("dts: branch_steps is empty; give the sampler steps where nodes branch, "
-                         "e.g. (0, 10, 20, 30, 40) for 50 steps")
+    """The branch steps, sorted, with 0 (the x_T nodes, the root's children, always branch)."""
+    steps = tuple(sorted(set(int(s) for s in branch_steps) | {0}))
     if steps[0] < 0 or steps[-1] >= num_steps:
         raise ValueError(f"dts: branch_steps must be step indices in 0 .. {num_steps - 1} of the "
                          f"{num_steps}-step grid, got {steps}")
@@ -91,10 +90,13 @@ def _rows_sharding(mesh):
     return sharding.batch_sharding(mesh)
 
 
-@functools.partial(jax.jit, static_argnames=("sharding_",), donate_argnums=(1,))
-def _advance(st, buf, src, dst, keys, fresh, start, stop, sharding_=None):
-    """Rows ``src`` of the node buffer (fresh rows: a new prior draw) stepped from ``start`` to
-    ``stop`` and written to rows ``dst`` (out-of-range rows are padding, dropped)."""
+@functools.partial(jax.jit, static_argnames=("seg", "sharding_"), donate_argnums=(1,))
+def _advance(st, buf, src, dst, keys, fresh, start, length, seg: int, sharding_=None):
+    """One segment for every slot: rows ``src`` of the node buffer, each stepped ``length`` steps
+    from its own ``start`` step (at most ``seg``: the rest of the loop leaves it unchanged),
+    written to rows ``dst`` (out-of-range rows are idle slots, dropped). A ``fresh`` slot starts a
+    rollout at the root: its row ``src`` is a new x_T = sigma_0 z, written there first. Returns
+    the buffer and the written rows' x."""
     rows = jax.tree.map(lambda a: a[src], buf)
     shape = rows.x.shape[1:]
     prior = jax.vmap(lambda k: st.sigmas[0] * jax.random.normal(
@@ -104,20 +106,21 @@ def _advance(st, buf, src, dst, keys, fresh, start, stop, sharding_=None):
     rows = jax.tree.map(pick, init, rows)
     if sharding_ is not None:
         rows = jax.lax.with_sharding_constraint(rows, sharding_)
+    cap = buf.x.shape[0]
+    at = jnp.where(fresh, src, cap)
+    buf = jax.tree.map(lambda b, o: b.at[at].set(o.astype(b.dtype), mode="drop"), buf, rows)
 
-    def one(row, key):
-        def body(i, s):
+    def one(row, key, i0, n):
+        def body(k, s):
+            i = i0 + k
             noise = jax.random.normal(jax.random.fold_in(key, i + 1), s.x.shape, s.x.dtype)
-            return st.step(s, i, noise if st.needs_noise else None)
-        return jax.lax.fori_loop(start, stop, body, row)
+            new = st.step(s, jnp.minimum(i, st.num_steps - 1), noise if st.needs_noise else None)
+            return jax.tree.map(lambda a, b: jnp.where(k < n, a, b), new, s)
+        return jax.lax.fori_loop(0, seg, body, row)
 
-    out = jax.vmap(one)(rows, keys)
-    return jax.tree.map(lambda b, o: b.at[dst].set(o.astype(b.dtype), mode="drop"), buf, out)
-
-
-def _bucket(n: int, divisor: int) -> int:
-    b = max(1, 1 << (max(n, 1) - 1).bit_length())
-    return -(-b // divisor) * divisor
+    out = jax.vmap(one)(rows, keys, start, length)
+    buf = jax.tree.map(lambda b, o: b.at[dst].set(o.astype(b.dtype), mode="drop"), buf, out)
+    return buf, out.x.reshape((out.x.shape[0],) + out.x.shape[2:])
 
 
 def dts(key, sampler: str, D: Callable, sigmas, verifier, *, example_shape, budget: int,
@@ -128,8 +131,9 @@ def dts(key, sampler: str, D: Callable, sigmas, verifier, *, example_shape, budg
     docstring). ``D(x, sigma, cond)`` is any denoiser (guided ones included), ``verifier(x0, cond)
     -> (B,)`` the reward; ``cond`` is one example's conditioning (arrays with a leading 1), shared
     by the whole tree. ``selection``: 'boltzmann' (DTS, the default), 'uct' (DTS*'s default) or
-    'uniform' (search/tree.py ``select``: unbiased values at any budget). ``progress(nfe,
-    budget)`` is called after every batch."""
+    'uniform' (search/tree.py ``select``: unbiased values at any budget). ``batch``: rollouts in
+    flight (slots of the one jitted call; rounded up to the mesh's batch shards).
+    ``progress(nfe, budget)`` is called as rollouts finish."""
     if budget < 1 or batch < 1:
         raise ValueError(f"dts: need budget >= 1 and batch >= 1, got {budget} and {batch}")
     if not (lam > 0 and c > 0 and 0 <= alpha <= 1):
@@ -149,7 +153,7 @@ def dts(key, sampler: str, D: Callable, sigmas, verifier, *, example_shape, budg
                          f"needs its own process's prior")
     example_shape = tuple(example_shape)
     steps = _check_branches(branch_steps, st.num_steps)
-    level_steps = (0,) + steps + (st.num_steps,)       # root, branch levels, leaves
+    level_steps = np.asarray((0,) + steps + (st.num_steps,))   # root, branch levels, leaves
     levels = len(steps) + 1
     cum = _level_nfe(st, example_shape, level_steps, knobs)
     cost = cum[-1] - cum                                # NFE of a rollout expanding below level l
@@ -159,10 +163,12 @@ def dts(key, sampler: str, D: Callable, sigmas, verifier, *, example_shape, budg
                          "the last branch step must come before the grid's last step")
     per_nfe = max((levels - lv) / cost[lv] for lv in range(levels))
     tree = tree_lib.Tree(levels=levels, capacity=int(budget * per_nfe) + 2)
-    row = st.init(jnp.zeros((1,) + example_shape, st.dtype))
     cap = tree.capacity
     shard = _rows_sharding(mesh)
-    divisor = 1 if mesh is None else _divisor(mesh)
+    slots = -(-batch // (1 if mesh is None else _divisor(mesh))) * (
+        1 if mesh is None else _divisor(mesh))
+    seg = int(np.diff(level_steps).max())         # one segment per call, the longest one
+    row = st.init(jnp.zeros((1,) + example_shape, st.dtype))
     buf = jax.tree.map(lambda a: jnp.zeros((cap,) + jnp.shape(a), jnp.asarray(a).dtype), row)
     if mesh is not None:
         from diffjax.training import sharding
@@ -173,49 +179,88 @@ def dts(key, sampler: str, D: Callable, sigmas, verifier, *, example_shape, budg
         lambda v: jnp.broadcast_to(v, (x.shape[0],) + v.shape[1:]), cond)))
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
     k_roll = jax.random.fold_in(key, 1)
-    nfe, hist = 0, {"nfe": [], "best": [], "root_value": [], "rollouts": []}
-    best = -math.inf
-    while True:
-        starts, leaves_new, revisits, spent = [], [], 0, 0
+    nfe = committed = 0
+    hist = {"nfe": [], "best": [], "root_value": [], "rollouts": []}
+    best, out_of_budget = -math.inf, False
+    flight = [None] * slots        # per slot: [chain (node ids), position of its current node]
+
+    def refill():
+        nonlocal committed, out_of_budget
         attempts = blocked = 0
-        while len(starts) < batch and attempts < 64 * batch and blocked < 8:
-            attempts += 1
-            node, path = tree_lib.select(tree, rng, lam=lam, c=c, alpha=alpha, rule=rule,
-                                         c_uct=c_uct)
-            if node is None:                             # met a node with only pending children
-                blocked += 1
-                continue
-            blocked = 0
-            if tree.level[node] == levels:               # reached a leaf: a zero-NFE visit
+        for s_ in range(slots):
+            while flight[s_] is None and not out_of_budget and attempts < 64 * slots \
+                    and blocked < 8:
+                attempts += 1
+                node, path = tree_lib.select(tree, rng, lam=lam, c=c, alpha=alpha, rule=rule,
+                                             c_uct=c_uct)
+                if node is None:                     # met a node with only pending children
+                    blocked += 1
+                    continue
+                blocked = 0
+                if tree.level[node] == levels:       # reached a leaf: a zero-NFE visit
+                    tree.visits[path] += 1
+                    continue
+                if committed + cost[tree.level[node]] > budget:
+                    out_of_budget = True
+                    break
                 tree.visits[path] += 1
-                revisits += 1
-                continue
-            if nfe + spent + cost[tree.level[node]] > budget:
-                break
-            tree.visits[path] += 1
-            spent += int(cost[tree.level[node]])
-            if tree.size + levels + 1 > tree.capacity:
-                raise RuntimeError("dts: the node buffer is full (internal error)")
-            chain = [node, tree.add_child(node, pending=True)]
-            for _ in range(levels - tree.level[node] - 1):
-                chain.append(tree.add_child(chain[-1], pending=True, rollout=chain[1]))
-            starts.append(chain)
-            leaves_new.append(chain[-1])
-        if not starts:
+                committed += int(cost[tree.level[node]])
+                chain = [node, tree.add_child(node, pending=True)]
+                for _ in range(levels - tree.level[node] - 1):
+                    chain.append(tree.add_child(chain[-1], pending=True, rollout=chain[1]))
+                flight[s_] = [chain, 0]
+
+    while True:
+        refill()
+        busy = [s_ for s_ in range(slots) if flight[s_] is not None]
+        if not busy:
             break
-        buf = _rollouts(st, buf, starts, tree, level_steps, k_roll, divisor, shard)
-        leaves = np.asarray(leaves_new, np.int64)
-        r = _score(score, buf, leaves, divisor)
-        first = np.asarray([ch[0] for ch in starts], np.int64)
+        src = np.zeros(slots, np.int32)
+        dst = np.full(slots, cap, np.int32)
+        ids = np.zeros(slots, np.int32)
+        start = np.zeros(slots, np.int32)
+        length = np.zeros(slots, np.int32)
+        fresh = np.zeros(slots, bool)
+        for s_ in busy:
+            chain, j = flight[s_]
+            if chain[j] == 0:                        # from the root: a new x_T (step 0), then
+                fresh[s_] = True                     # its first segment, in this call
+                j = flight[s_][1] = 1
+            src[s_], dst[s_], ids[s_] = chain[j], chain[j + 1], chain[1]
+            lv = tree.level[chain[j]]
+            start[s_], length[s_] = level_steps[lv], level_steps[lv + 1] - level_steps[lv]
+        keys = jax.vmap(lambda i: jax.random.fold_in(k_roll, i))(jnp.asarray(ids))
+        buf, x = _advance(st, buf, jnp.asarray(src), jnp.asarray(dst), keys, jnp.asarray(fresh),
+                          jnp.asarray(start), jnp.asarray(length), seg=seg, sharding_=shard)
+        done = []
+        for s_ in busy:
+            flight[s_][1] += 1
+            if flight[s_][1] == len(flight[s_][0]) - 1:
+                done.append(s_)
+        if not done:
+            continue
+        r = np.asarray(score(x), np.float64)
+        if r.shape != (slots,):
+            raise ValueError(f"dts: the verifier returned {r.shape} for {slots} samples")
+        r = r[done]
+        if not np.all(np.isfinite(r)):
+            raise ValueError("dts: the verifier returned a non-finite reward; rewards must be "
+                             "finite (clip log-probabilities, e.g. with a floor)")
+        chains = [flight[s_][0] for s_ in done]
+        leaves = np.asarray([ch[-1] for ch in chains], np.int64)
+        first = np.asarray([ch[0] for ch in chains], np.int64)
         got = np.asarray(buf.nfe[jnp.asarray(np.concatenate([leaves, first]))], np.int64)
         used = int(got[:leaves.size].sum() - got[leaves.size:][first != 0].sum())
-        if used != spent:
-            raise RuntimeError(f"dts: rollouts used {used} NFE, {spent} expected (internal error)")
+        if used != int(cost[tree.level[first]].sum()):
+            raise RuntimeError(f"dts: rollouts used {used} NFE, {int(cost[tree.level[first]].sum())}"
+                               f" expected (internal error)")
         nfe += used
         tree_lib.backup(tree, leaves, r, lam)
+        for s_ in done:
+            flight[s_] = None
         best = max(best, float(np.max(r)))
         for k_, v_ in (("nfe", nfe), ("best", best), ("root_value", tree.value[0]),
-                       ("rollouts", len(starts))):
+                       ("rollouts", len(done))):
             hist[k_].append(v_)
         if progress is not None:
             progress(nfe, budget)
@@ -234,51 +279,6 @@ def dts_star(key, sampler: str, D: Callable, sigmas, verifier, **kw) -> DTSResul
 def _divisor(mesh) -> int:
     from diffjax.training import sharding
     return sharding.batch_divisor(mesh)
-
-
-def _rollouts(st, buf, chains, tree, level_steps, key, divisor, shard):
-    """Denoise the batch's rollouts level by level: at level l every rollout whose chain has
-    reached l steps one segment (one jitted call, padded to a bucket)."""
-    cap = tree.capacity
-    levels = len(level_steps) - 1
-    for lv in range(levels):
-        src, dst, ks, fresh = [], [], [], []
-        for ch in chains:
-            start = int(tree.level[ch[0]])
-            if start > lv:
-                continue
-            j = lv - start
-            src.append(ch[j])
-            dst.append(ch[j + 1])
-            ks.append(ch[1])
-            fresh.append(ch[j] == 0)
-        if not src:
-            continue
-        n = _bucket(len(src), divisor)
-        pad = n - len(src)
-        src = np.asarray(src + [0] * pad, np.int32)
-        dst = np.asarray(dst + [cap] * pad, np.int32)
-        fresh = np.asarray(fresh + [False] * pad)
-        ids = np.asarray(ks + [0] * pad, np.int32)
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids))
-        buf = _advance(st, buf, jnp.asarray(src), jnp.asarray(dst), keys, jnp.asarray(fresh),
-                       jnp.int32(level_steps[lv]), jnp.int32(level_steps[lv + 1]),
-                       sharding_=shard)
-    return buf
-
-
-def _score(score, buf, leaves, divisor) -> np.ndarray:
-    n = _bucket(leaves.size, divisor)
-    idx = np.concatenate([leaves, np.full(n - leaves.size, leaves[0])])
-    x = buf.x[jnp.asarray(idx)]
-    x = x.reshape((n,) + x.shape[2:])
-    r = np.asarray(score(x), np.float64)[:leaves.size]
-    if r.shape != (leaves.size,):
-        raise ValueError(f"dts: the verifier returned {r.shape} for {leaves.size} samples")
-    if not np.all(np.isfinite(r)):
-        raise ValueError("dts: the verifier returned a non-finite reward; rewards must be finite "
-                         "(clip log-probabilities, e.g. with a floor)")
-    return r
 
 
 def sample(key, res: DTSResult, n: int, *, lam: float | None = None,

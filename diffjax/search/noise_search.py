@@ -19,6 +19,7 @@ explicit keys and pure functions.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -46,17 +47,26 @@ def ode_generator(sampler: str, D: Callable, sigmas, **knobs) -> Callable:
                          f"initial noise); {sampler!r} draws fresh noise at each step: use e.g. "
                          f"dpmpp_2m, heun, euler or ddim with eta 0")
     sig = jnp.asarray(sigmas)
-
-    @jax.jit
-    def draw(noise, cond):
-        out = samplers.sample(sampler, D, sig, x_init=noise * sig[0], cond=cond, **knobs)
-        return out.x, out.nfe
+    draw = _drawer(sampler, D, tuple(sorted(knobs.items())))
 
     def gen(noise, cond=None):
-        x, nfe = draw(noise, cond)
+        x, nfe = draw(sig, noise, cond)
         return x, int(nfe)          # the sampler's own count: network evaluations per sample
 
     return gen
+
+
+@functools.lru_cache(maxsize=32)
+def _drawer(sampler: str, D: Callable, knobs: tuple):
+    """One jitted draw per (sampler, denoiser, knobs): generators built again for the same model
+    (a notebook, a sweep over budgets) reuse the compiled program; the grid is traced."""
+    kn = dict(knobs)
+
+    @jax.jit
+    def draw(sig, noise, cond):
+        out = samplers.sample(sampler, D, sig, x_init=noise * sig[0], cond=cond, **kn)
+        return out.x, out.nfe
+    return draw
 
 
 def _repeat(cond, n: int):
@@ -101,6 +111,10 @@ def neighbours(key, pivot, num: int, tau: float = 0.95):
         raise ValueError(f"neighbours: tau (the cosine to the pivot) must lie in (-1, 1), got {tau}")
     b = pivot.shape[0]
     flat = pivot.reshape(b, -1).astype(jnp.float32)
+    if flat.shape[1] < 2:
+        raise ValueError("neighbours: an example of one dimension has no other noise of its norm "
+                         "at cosine tau (only -n): zero-order search needs examples of >= 2 "
+                         "dimensions")
     norm = jnp.linalg.norm(flat, axis=1, keepdims=True)
     u = flat / norm
     v = jax.random.normal(key, (b, num, flat.shape[1]))

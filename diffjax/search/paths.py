@@ -15,8 +15,6 @@ NFE: every network call of every branch, counted by the sampler (``state.nfe``).
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -46,9 +44,10 @@ def search_paths(key, sampler: str, D, sigmas, verifier, *, shape, paths: int, b
     rep = lambda c, n: None if c is None else jax.tree.map(
         lambda v: jnp.repeat(jnp.asarray(v), n, 0), c)
 
-    @functools.partial(jax.jit, static_argnums=(2, 3))
+    @jax.jit
     def segment(x, c, i0, i1):
-        """Run the sampler from grid index i0 to i1 (a fresh state: multistep history restarts)."""
+        """Run the sampler from grid index i0 to i1 (a fresh state: multistep history restarts);
+        the indices are traced: one compile for every round."""
         s = samplers.stepper(sampler, D, sig, cond=c, **knobs)
         state = s.init(x)
         state = jax.lax.fori_loop(i0, i1, lambda i, st_: s.step(st_, i, None), state)
@@ -58,7 +57,7 @@ def search_paths(key, sampler: str, D, sigmas, verifier, *, shape, paths: int, b
     n = b * paths
     x = sig[0] * jax.random.normal(k0, (n,) + tuple(shape[1:]))
     c_paths = rep(cond, paths)
-    x, _, nfe = segment(x, c_paths, 0, start)
+    x, _, nfe = segment(x, c_paths, jnp.int32(0), jnp.int32(start))
     total = int(nfe) * n
     i, history, rnd = start, [], 0
     c_branch = rep(c_paths, branches)
@@ -68,7 +67,7 @@ def search_paths(key, sampler: str, D, sigmas, verifier, *, shape, paths: int, b
         xb = jnp.repeat(x, branches, 0)
         z = jax.random.normal(jax.random.fold_in(key, rnd), xb.shape)
         xb = xb + jnp.sqrt(jnp.maximum(sig[lo] ** 2 - sig[i] ** 2, 0.0)) * z
-        xb, x0b, nfe = segment(xb, c_branch, lo, hi)
+        xb, x0b, nfe = segment(xb, c_branch, jnp.int32(lo), jnp.int32(hi))
         total += int(nfe) * xb.shape[0]
         sc = score(x0b, c_branch, paths * branches).reshape(b, paths * branches)
         keep = jnp.argsort(-sc, axis=1)[:, :paths]                      # the best N per example

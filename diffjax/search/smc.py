@@ -19,6 +19,7 @@ denoiser work. NFE = B K nfe(sampler): every particle is one sampler run.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -70,47 +71,10 @@ def fk_steering(key, sampler: str, D: Callable, sigmas, verifier, *, shape, part
                          f"ddpm, or ddim with eta > 0")
     sig = jnp.asarray(sigmas)
     k_init, k_noise, k_res, k_pick = jax.random.split(key, 4)
-    lam = jnp.asarray(lam, jnp.float32)
-    rewards = lambda x0: verifier(x0, pcond).astype(jnp.float32).reshape(b, k)
-
-    def run(x_T):
-        state = st.init(x_T)
-
-        def body(carry, i):
-            state, logw, r_old, r_max = carry
-            noise = jax.random.normal(jax.random.fold_in(k_noise, i), state.x.shape)
-            state = st.step(state, i, noise)
-            r = rewards(state.x0)
-            r_prev = jnp.where(i == 0, r, r_old)
-            logw = logw + _log_potential(potential, r, r_prev, jnp.maximum(r_max, r), lam)
-            r_max = jnp.maximum(r_max, r)
-            w = jax.nn.softmax(logw, axis=1)
-            ess = 1.0 / jnp.sum(w ** 2, axis=1)
-            do = ((i + 1) % resample_every == 0) & (i + 1 < st.num_steps)
-
-            def resample(args):
-                state, logw, r, r_max = args
-                idx = jax.random.categorical(jax.random.fold_in(k_res, i), logw, axis=1,
-                                             shape=(k, b)).T                # (b, k)
-                flat = (idx + jnp.arange(b)[:, None] * k).reshape(-1)
-                rows = lambda a: a[flat] if getattr(a, "ndim", 0) and a.shape[:1] == (n,) else a
-                state = state._replace(x=state.x[flat], x0=state.x0[flat],
-                                       x0_hist=state.x0_hist[:, flat],   # (history, n, ...)
-                                       aux=jax.tree.map(rows, state.aux))
-                g = lambda a: jnp.take_along_axis(a, idx, 1)
-                return state, jnp.zeros_like(logw), g(r), g(r_max)
-
-            state, logw, r, r_max = jax.lax.cond(do, resample, lambda a: a,
-                                                 (state, logw, r, r_max))
-            return (state, logw, r, r_max), ess
-
-        zeros = jnp.zeros((b, k), jnp.float32)
-        (state, logw, r, _), ess = jax.lax.scan(
-            body, (state, zeros, zeros, jnp.full((b, k), -jnp.inf)), jnp.arange(st.num_steps))
-        return state.x, state.nfe, logw, r, ess
-
     x_T = samplers.prior(jax.random.split(k_init, n), tuple(shape[1:]), sig[0])
-    x, nfe, logw, r, ess = jax.jit(run)(x_T)
+    x, nfe, logw, r, ess = _run(st, x_T, k_noise, k_res, jnp.asarray(lam, jnp.float32),
+                                verifier=verifier, potential=potential,
+                                resample_every=resample_every, b=b, k=k)
     logw = logw - jax.nn.logsumexp(logw, axis=1, keepdims=True)
     parts = x.reshape((b, k) + tuple(shape[1:]))
     if pick == "max":
@@ -119,3 +83,45 @@ def fk_steering(key, sampler: str, D: Callable, sigmas, verifier, *, shape, part
         j = jax.random.categorical(k_pick, logw, axis=1)
     return SMCResult(parts[jnp.arange(b), j], parts, logw, r[jnp.arange(b), j],
                      int(nfe) * n, ess)
+
+
+@functools.partial(jax.jit, static_argnames=("verifier", "potential", "resample_every", "b", "k"))
+def _run(st, x_T, k_noise, k_res, lam, *, verifier, potential, resample_every, b, k):
+    """The particle loop, compiled once per (stepper structure, verifier, shapes): a sweep over
+    budgets or seeds reuses it (the stepper, keys and lambda are traced arguments)."""
+    n = b * k
+    rewards = lambda x0: verifier(x0, st.cond).astype(jnp.float32).reshape(b, k)
+    state = st.init(x_T)
+
+    def body(carry, i):
+        state, logw, r_old, r_max = carry
+        noise = jax.random.normal(jax.random.fold_in(k_noise, i), state.x.shape)
+        state = st.step(state, i, noise)
+        r = rewards(state.x0)
+        r_prev = jnp.where(i == 0, r, r_old)
+        logw = logw + _log_potential(potential, r, r_prev, jnp.maximum(r_max, r), lam)
+        r_max = jnp.maximum(r_max, r)
+        w = jax.nn.softmax(logw, axis=1)
+        ess = 1.0 / jnp.sum(w ** 2, axis=1)
+        do = ((i + 1) % resample_every == 0) & (i + 1 < st.num_steps)
+
+        def resample(args):
+            state, logw, r, r_max = args
+            idx = jax.random.categorical(jax.random.fold_in(k_res, i), logw, axis=1,
+                                         shape=(k, b)).T                # (b, k)
+            flat = (idx + jnp.arange(b)[:, None] * k).reshape(-1)
+            rows = lambda a: a[flat] if getattr(a, "ndim", 0) and a.shape[:1] == (n,) else a
+            state = state._replace(x=state.x[flat], x0=state.x0[flat],
+                                   x0_hist=state.x0_hist[:, flat],   # (history, n, ...)
+                                   aux=jax.tree.map(rows, state.aux))
+            g = lambda a: jnp.take_along_axis(a, idx, 1)
+            return state, jnp.zeros_like(logw), g(r), g(r_max)
+
+        state, logw, r, r_max = jax.lax.cond(do, resample, lambda a: a,
+                                             (state, logw, r, r_max))
+        return (state, logw, r, r_max), ess
+
+    zeros = jnp.zeros((b, k), jnp.float32)
+    (state, logw, r, _), ess = jax.lax.scan(
+        body, (state, zeros, zeros, jnp.full((b, k), -jnp.inf)), jnp.arange(st.num_steps))
+    return state.x, state.nfe, logw, r, ess

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Verifier = Callable  # (x0, cond) -> (B,)
 
@@ -25,9 +26,10 @@ def class_logprob(logits_fn: Callable, classes: Sequence[int] | None = None,
     """log p(y in classes | x0) = logsumexp of the log-softmax over ``classes`` (one class: its
     log-probability); ``classes=None``: the label of each example, ``cond[label_key]``.
     ``logits_fn(x0) -> (B, C)``."""
-    idx = None if classes is None else jnp.asarray(sorted(set(int(c) for c in classes)), jnp.int32)
-    if idx is not None and idx.size == 0:
+    wanted = None if classes is None else sorted(set(int(c) for c in classes))
+    if wanted is not None and not wanted:
         raise ValueError("class_logprob: classes is empty")
+    idx = None if wanted is None else np.asarray(wanted, np.int32)   # static: fine under jit
 
     def verifier(x0, cond=None):
         logits = logits_fn(x0)
@@ -40,8 +42,8 @@ def class_logprob(logits_fn: Callable, classes: Sequence[int] | None = None,
                 raise ValueError(f"verifier 'label' scores the label of each example: it needs "
                                  f"cond[{label_key!r}]")
             return jnp.take_along_axis(lp, cond[label_key][:, None].astype(jnp.int32), 1)[:, 0]
-        if int(idx.max()) >= lp.shape[-1]:
-            raise ValueError(f"verifier: class {int(idx.max())} is not one of the classifier's "
+        if wanted[-1] >= lp.shape[-1]:
+            raise ValueError(f"verifier: class {wanted[-1]} is not one of the classifier's "
                              f"{lp.shape[-1]} classes")
         return jax.nn.logsumexp(lp[:, idx], axis=-1)
 
