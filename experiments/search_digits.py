@@ -58,7 +58,16 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--figure", default=None)
+    ap.add_argument("--from-log", nargs="+", default=None,
+                    help="only print the tables (and --figure) of the JSON rows in these logs")
     a = ap.parse_args(argv)
+    if a.from_log:
+        rows = [json.loads(line) for f in a.from_log for line in open(f, encoding="utf-8")
+                if line.startswith('{"task"')]
+        print_tables(rows)
+        if a.figure:
+            plot(rows, a.figure)
+        return
     ensure_trained(a.workdir, os.path.join(ROOT, "configs", "digits.py"))
     ensure_trained(a.clean, os.path.join(ROOT, "configs", "digits_clean_classifier.py"))
     run = inference.load(a.workdir)
