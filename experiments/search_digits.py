@@ -38,7 +38,7 @@ from diffjax.search import methods, reward_models, verifiers  # noqa: E402
 from diffjax.training import evaluation  # noqa: E402
 from experiments.runs import ROOT, ensure_trained  # noqa: E402
 
-METHODS = ("dts", "dts_star", "bon", "random", "zero_order", "paths", "smc")
+METHODS = ("dts", "dts_uniform", "dts_star", "bon", "random", "zero_order", "paths", "smc")
 
 
 def target_classes(task: str, num_classes: int) -> list[int]:

@@ -6,7 +6,7 @@
     diffjax sample   --workdir DIR --guidance NAME --guidance.scale W --guidance.FIELD V ...
     diffjax preflight --config configs/imagenet256_dit_xl2.py --topology v5p:4x4x4 [--config.x=y]
     diffjax restore  --workdir DIR --operator inpaint|sr|colorize|deblur --input FILE --out PNG
-    diffjax search   --workdir DIR --method dts|dts_star|bon|random|zero_order|paths|smc
+    diffjax search   --workdir DIR --method dts|dts_star|dts_uniform|bon|random|zero_order|paths|smc
                      --budget NFE --reward class:7|even|odd|... --num N --out grid.png
     diffjax COMMAND --help      that command's flags only, with the valid samplers, guidance
                                 methods and parameter sets (those of the run with --workdir DIR)

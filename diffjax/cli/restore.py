@@ -35,7 +35,7 @@ _INPUT = flags.DEFINE_string("input", None, "Images to restore: an .npz with 'x'
 _METHOD = flags.DEFINE_string("method", None, "restore: steer (steered diffusion, Nair et al. "
                               "2023; the default), dps (diffusion posterior sampling, Chung et al. "
                               "2023) or none (no prior: project(0, y)). search: dts (the default), "
-                              "dts_star, bon, random, zero_order, paths or smc.")
+                              "dts_star, dts_uniform, bon, random, zero_order, paths or smc.")
 
 
 def method() -> str:

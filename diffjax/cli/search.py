@@ -1,7 +1,7 @@
 """``diffjax search``: spend a budget of network evaluations on better samples of a trained run
 (diffjax/search, docs/SEARCH.md).
 
-    diffjax search --workdir RUN --method dts|dts_star|bon|random|zero_order|paths|smc
+    diffjax search --workdir RUN --method dts|dts_star|dts_uniform|bon|random|zero_order|paths|smc
         --budget NFE --reward class:7|classes:1,3|even|odd [--num 16 --out grid.png]
         [--label K] [--classifier_workdir CLF] [--lam 1] [--steps 50 --sampler NAME --seed K]
 
@@ -25,7 +25,8 @@ from absl import flags
 
 from diffjax.cli.table import CommandError
 
-METHOD_NAMES = ("dts", "dts_star", "bon", "random", "zero_order", "paths", "smc")  # = METHODS
+METHOD_NAMES = ("dts", "dts_star", "dts_uniform", "bon", "random", "zero_order", "paths",
+                "smc")  # = search.methods.METHODS (a test keeps them equal)
 REWARD_NAMES = ("class:K", "classes:K1,K2,...", "even", "odd", "label")
 
 _BUDGET = flags.DEFINE_integer("budget", None, "search: total network evaluations (NFE) for all "

@@ -42,7 +42,7 @@ COMMANDS = {
     "search": ("spend a budget of NFE on better samples: tree search (DTS, DTS*), best-of-N, "
                "noise and path search, SMC, under a classifier reward",
                "--workdir DIR --budget NFE --reward class:K|classes:K1,K2|even|odd|label [--method "
-               "dts|dts_star|bon|random|zero_order|paths|smc --num N --label K --out PNG]",
+               "dts|dts_star|dts_uniform|bon|random|zero_order|paths|smc --num N --label K --out PNG]",
                ("workdir", "method", "budget", "reward", "num", "label", "lam",
                 "classifier_workdir", "sampler", "steps", "spacing", "guidance", "params",
                 "checkpoint_step", "seed", "out", "npz") + HOSTS),

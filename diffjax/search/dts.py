@@ -22,9 +22,10 @@ buffer of whole sampler states (so every sampler of the stepper works, multistep
 and shards the slots over the mesh's batch axes. A slot whose rollout reaches x0 is scored,
 backed up and refilled by a new selection on the host before the next call (visits are counted at
 selection; the nodes of rollouts in flight are pending). The noise of a rollout is drawn from
-fold_in(key, its first node's index), so the tree does not depend on the device count. NFE is the stepper's own count, summed over
-rollouts (a rollout from level l costs exactly the sampler's NFE from branch step l to the end);
-a batch never overshoots ``budget``.
+fold_in(key, its first node's index), so the tree does not depend on the device count. NFE is
+the stepper's own count, summed over rollouts (a rollout from level l costs exactly the sampler's
+NFE from branch step l to the end; a new rollout is started only if it fits in ``budget``). The
+node buffer holds every node's state: memory is about budget / (NFE per segment) states.
 
     res = dts(key, "ddim", D, sigmas, verifier, example_shape=(16, 16, 1), budget=20000,
               branch_steps=(0, 10, 20, 30, 40), eta=1.0)
@@ -49,7 +50,7 @@ class DTSResult(NamedTuple):
     tree: tree_lib.Tree
     states: Any          # the device buffer of node states (x, x0, history, ...; leading: node)
     nfe: int             # network evaluations spent
-    history: Any         # dict of per-batch arrays: nfe, best reward, root value, rollouts
+    history: Any         # per call that finished rollouts: nfe, best reward, root value, rollouts
     lam: float
     greedy: bool
 
@@ -165,8 +166,8 @@ def dts(key, sampler: str, D: Callable, sigmas, verifier, *, example_shape, budg
     tree = tree_lib.Tree(levels=levels, capacity=int(budget * per_nfe) + 2)
     cap = tree.capacity
     shard = _rows_sharding(mesh)
-    slots = -(-batch // (1 if mesh is None else _divisor(mesh))) * (
-        1 if mesh is None else _divisor(mesh))
+    shards = 1 if mesh is None else _divisor(mesh)
+    slots = -(-batch // shards) * shards
     seg = int(np.diff(level_steps).max())         # one segment per call, the longest one
     row = st.init(jnp.zeros((1,) + example_shape, st.dtype))
     buf = jax.tree.map(lambda a: jnp.zeros((cap,) + jnp.shape(a), jnp.asarray(a).dtype), row)

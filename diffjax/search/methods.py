@@ -8,6 +8,8 @@ experiments; a new method is a function here plus a line in ``METHODS``.
 
 Per method, what the budget buys (``nfe``: the sampler's NFE per sample):
     dts, dts_star   one tree of ``budget`` NFE (search/dts.py), ``num`` samples drawn from it at 0 NFE
+    dts_uniform     DTS with uniform selection: unbiased soft values at any budget (not in the
+                    paper; search/tree.py ``select``, measured in docs/SEARCH.md)
     bon             best-of-N over initial noises, deterministic sampler: N = budget // (num nfe)
     random          best-of-N over whole stochastic trajectories (the DTS paper's BoN baseline)
     zero_order      4 neighbours per iteration: K = (budget // (num nfe) - 1) // 4 iterations
@@ -27,7 +29,7 @@ import numpy as np
 from diffjax.core import samplers
 from diffjax.search import dts, noise_search, paths, smc
 
-STOCHASTIC = ("dts", "dts_star", "random", "smc")
+STOCHASTIC = ("dts", "dts_star", "dts_uniform", "random", "smc")
 DETERMINISTIC = ("bon", "zero_order", "paths")
 
 
@@ -60,7 +62,7 @@ def _count(budget, num, per, method, what):
     return int(k)
 
 
-def _dts(greedy):
+def _dts(greedy, selection=None):
     def method(key, D, sigmas, verifier, *, num, example_shape, budget, cond, sampler, progress,
                lam, **knobs):
         k_tree, k_draw = jax.random.split(key)
@@ -68,7 +70,7 @@ def _dts(greedy):
         every = max(steps // 5, 1)             # the paper's schedule: 5 branch levels
         res = dts.dts(k_tree, sampler, D, sigmas, verifier, example_shape=example_shape,
                       budget=budget, branch_steps=tuple(range(0, steps, every)), greedy=greedy,
-                      lam=lam, cond=cond, progress=progress, **knobs)
+                      selection=selection, lam=lam, cond=cond, progress=progress, **knobs)
         x = dts.sample(k_draw, res, num)
         r = verifier(x, _rep(cond, num))
         return Searched(x, res.nfe, r, {"nodes": int(res.tree.size),
@@ -129,7 +131,8 @@ def _particles(pick, resample):
 
 
 METHODS: dict[str, Callable] = {
-    "dts": _dts(False), "dts_star": _dts(True), "bon": _bon, "random": _particles("max", False),
+    "dts": _dts(False), "dts_star": _dts(True), "dts_uniform": _dts(False, "uniform"),
+    "bon": _bon, "random": _particles("max", False),
     "zero_order": _zero_order, "paths": _paths, "smc": _particles("sample", True),
 }
 

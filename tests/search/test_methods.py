@@ -24,7 +24,7 @@ def _run(name, budget, num=8, **kw):
     ("random", 8 * 10 * 24, {"n": 24}),
     ("smc", 8 * 10 * 24, {"particles": 24}),
     ("zero_order", 8 * 10 * (1 + 20), {"iterations": 5}),   # (24 - 1) // 4 = 5 rounds of 4
-    ("dts", None, {}), ("dts_star", None, {}),
+    ("dts", None, {}), ("dts_star", None, {}), ("dts_uniform", None, {}),
 ])
 def test_every_method_spends_what_its_budget_buys(name, nfe, settings):
     out = _run(name, 1999)                  # not a multiple: the remainder is unspent

@@ -31,8 +31,9 @@ def test_the_help_lists_the_search_flags_and_every_method():
     assert re.search(r"^  search +spend a budget", run_cli("--help").stdout, re.M)
 
 
-@pytest.mark.parametrize("method,expect", [("dts", None), ("bon", {"n": 4}),
-                                           ("smc", {"particles": 4})])
+@pytest.mark.parametrize("method,expect", [
+    ("dts", None), pytest.param("bon", {"n": 4}, marks=pytest.mark.slow),
+    pytest.param("smc", {"particles": 4}, marks=pytest.mark.slow)])
 def test_search_spends_its_budget_and_writes_the_grid(workdir, tmp_path, method, expect):
     out, npz = str(tmp_path / "s.png"), str(tmp_path / "s.npz")
     p = run_cli("search", "--workdir", workdir, "--method", method, "--budget", "64",
@@ -55,7 +56,7 @@ def test_search_spends_its_budget_and_writes_the_grid(workdir, tmp_path, method,
     (["--budget", "64"], ["needs --reward"]),
     (["--budget", "64", "--reward", "big"], ["unknown --reward 'big'", "even, odd"]),
     (["--budget", "64", "--reward", "even", "--method", "mcts"],
-     ["unknown --method 'mcts'", "dts, dts_star, bon"]),
+     ["unknown --method 'mcts'", "dts, dts_star, dts_uniform, bon"]),
     (["--budget", "64", "--reward", "label"], ["--reward label scores the class --label"]),
     (["--budget", "64", "--reward", "even", "--lam", "0"], ["--lam must be > 0"]),
 ])
