@@ -110,8 +110,9 @@ def cmd_search():
     seed = int(typed.get("seed", 0))
     label = _LABEL.value
     if label is not None and not (run.num_classes and 0 <= label < run.num_classes):
-        raise CommandError(f"--label {label}: this run has "
-                           f"{f'classes 0 .. {run.num_classes - 1}' if run.num_classes else 'no classes (unconditional)'}")
+        has = (f"classes 0 .. {run.num_classes - 1}" if run.num_classes
+               else "no classes (unconditional)")
+        raise CommandError(f"--label {label}: this run has {has}")
     if "guidance" in typed and label is None and run.num_classes:
         raise CommandError("--guidance steers the class-conditional model of --label; pass "
                            "--label K with it (without --label the search draws unconditionally)")

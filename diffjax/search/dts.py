@@ -8,7 +8,8 @@ The reverse chain of a stochastic sampler is a tree; DTS grows it by iterations 
              DTS by softmax(lambda v), DTS* by UCT
     expand   one new child of the node reached, by the base sampler
     roll out from it down to x0 with the base sampler, adding every branch-level state to the tree
-    back up  v(x0) = r(x0), then soft-Bellman v(x) = (1/lambda) log mean_c exp(lambda v(c)) up the path
+    back up  v(x0) = r(x0), then up the path the soft-Bellman
+             v(x) = (1/lambda) log mean_c exp(lambda v(c))
 
 and samples from the finished tree at zero NFE: DTS targets p(x0) exp(lambda r(x0)) (Prop. 1, as the
 iterations grow), DTS* returns the best paths by argmax v. Nodes branch only at ``branch_steps``
@@ -252,9 +253,10 @@ def dts(key, sampler: str, D: Callable, sigmas, verifier, *, example_shape, budg
         first = np.asarray([ch[0] for ch in chains], np.int64)
         got = np.asarray(buf.nfe[jnp.asarray(np.concatenate([leaves, first]))], np.int64)
         used = int(got[:leaves.size].sum() - got[leaves.size:][first != 0].sum())
-        if used != int(cost[tree.level[first]].sum()):
-            raise RuntimeError(f"dts: rollouts used {used} NFE, {int(cost[tree.level[first]].sum())}"
-                               f" expected (internal error)")
+        expected = int(cost[tree.level[first]].sum())
+        if used != expected:
+            raise RuntimeError(f"dts: rollouts used {used} NFE, {expected} expected (internal "
+                               f"error)")
         nfe += used
         tree_lib.backup(tree, leaves, r, lam)
         for s_ in done:

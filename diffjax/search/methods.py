@@ -7,7 +7,7 @@ experiments; a new method is a function here plus a line in ``METHODS``.
     out.x (num, ...), out.nfe (<= budget), out.reward (num,), out.settings (what the budget bought)
 
 Per method, what the budget buys (``nfe``: the sampler's NFE per sample):
-    dts, dts_star   one tree of ``budget`` NFE (search/dts.py), ``num`` samples drawn from it at 0 NFE
+    dts, dts_star   one tree of ``budget`` NFE (search/dts.py); ``num`` samples from it at 0 NFE
     dts_uniform     DTS with uniform selection: unbiased soft values at any budget (not in the
                     paper; search/tree.py ``select``, measured in docs/SEARCH.md)
     bon             best-of-N over initial noises, deterministic sampler: N = budget // (num nfe)

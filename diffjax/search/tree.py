@@ -11,7 +11,8 @@ the L branch steps, level L + 1 holds the clean samples (leaves). Node j has ``p
     DTS select    x' ~ softmax_{children}(lambda v(x'))
     DTS* select   x' = argmax_{children} v(x') + c_uct sqrt(log N(x) / N(x'))
     uniform       x' uniform over the children (not in the paper: see ``select``)
-    backup        v(leaf) = r(x0);  v(x) = (1/lambda) [logsumexp_{c in C(x)} lambda v(c) - log |C(x)|]
+    backup        v(leaf) = r(x0);
+                  v(x) = (1/lambda) [logsumexp_{c in C(x)} lambda v(c) - log |C(x)|]
                   (the mean is uniform over children: they are i.i.d. proposals of the base model;
                   lambda = inf is the max-backup)
     sample        descend with the DTS rule (or argmax v for DTS*) to a leaf: 0 NFE per sample
