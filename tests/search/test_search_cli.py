@@ -7,17 +7,14 @@ import pytest
 
 from diffjax.cli import search as cli_search
 from diffjax.search import methods
-from tests.test_cli import TINY, _json, assert_error
+from tests.test_cli import _json, assert_error
 from tests.test_cli_help import _flags_in
 from tests.training.util import run_cli
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    w = str(tmp_path_factory.mktemp("search_cli") / "run")
-    p = run_cli("train", "--config", "configs/digits.py", "--workdir", w, *TINY)
-    assert p.returncode == 0, p.stderr[-3000:]
-    return w
+def workdir(tiny_digits_run):
+    return tiny_digits_run
 
 
 def test_the_help_lists_the_search_flags_and_every_method():
