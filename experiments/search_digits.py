@@ -120,13 +120,18 @@ def print_tables(rows):
         print(f"\n{task} (FD floor, real vs real: {sub[0]['fd_floor']:.4f})")
         print("| method | NFE | reward | FD | accuracy | diversity |")
         print("|---|---|---|---|---|---|")
+        seen = set()
         for r in sorted(sub, key=lambda r: (r["method"], r["nfe"])):
+            if (r["method"], r["nfe"]) in seen:      # a budget that bought the same search
+                continue
+            seen.add((r["method"], r["nfe"]))
             print(f"| {r['method']} | {r['nfe']} | {r['reward']:.3f} | {r['fd']:.4f} | "
                   f"{r['accuracy']:.3f} | {r['diversity']:.3f} |")
 
 
 def plot(rows, path):
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -144,6 +149,7 @@ def plot(rows, path):
         axes[1, j].axhline(sub[0]["fd_floor"], color="grey", ls=":", label="real floor")
         for i, what in enumerate(("reward (log p, clean classifier)", "FD to the real class")):
             axes[i, j].set_xscale("log")
+            axes[i, j].xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
             axes[i, j].set_xlabel("NFE")
             axes[i, j].set_ylabel(what)
             axes[i, j].set_title(task)
