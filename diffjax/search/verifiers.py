@@ -3,11 +3,13 @@
     verifier(x0, cond) -> scores (B,)        higher is better; cond as the sampler's (labels...)
 
 built from a classifier's logits (the log-probability of a class, of a set of classes such as the
-DTS paper's even / odd digits, or of the label in ``cond``), from any user function, or as an
-ensemble ranked as in Ma et al. 2025 ("Inference-time scaling for diffusion models beyond scaling
-denoising steps": candidates ranked by the unweighted mean of their per-verifier ranks).
+DTS paper's even / odd digits, or of the label in ``cond``), from features (``feature_distance``:
+how close a sample's features lie to a reference set's, Frechet-style), from any user function, or
+as an ensemble ranked as in Ma et al. 2025 ("Inference-time scaling for diffusion models beyond
+scaling denoising steps": candidates ranked by the unweighted mean of their per-verifier ranks).
 
     v = verifiers.from_spec("class:7", logits_fn)      # or "even", "odd", "label", "classes:1,3"
+    v = verifiers.feature_distance(features_fn, real_features_of_class_7)
     v = verifiers.rank_ensemble([v1, v2])
 """
 from __future__ import annotations
@@ -70,6 +72,42 @@ def from_spec(spec: str, logits_fn: Callable, num_classes: int | None = None) ->
         return class_logprob(logits_fn, classes)
     raise ValueError(f"unknown verifier {spec!r}; expected class:K, classes:K1,K2, even, odd or "
                      f"label")
+
+
+def feature_distance(features_fn: Callable, reference, metric: str = "gaussian",
+                     eps: float = 1e-3) -> Verifier:
+    """A Frechet-style verifier: how close each sample's features f = features_fn(x0) (B, F) lie
+    to the statistics (mu, S) of ``reference`` features (N, F) of the data to match (e.g. the
+    real images of a class under a classifier's penultimate layer). ``metric``:
+
+        'gaussian'  -(1/2) (f - mu)^T (S + eps I)^-1 (f - mu)  (the log-density of N(mu, S) up to
+                    a constant: the per-sample term of the Frechet distance's Gaussian model)
+        'l2'        -|f - mu|^2                               (the Frechet distance's mean term)
+
+    Higher is closer; the statistics are computed once, here."""
+    import numpy as onp
+
+    ref = onp.asarray(reference, onp.float64)
+    if ref.ndim != 2 or ref.shape[0] < 2:
+        raise ValueError(f"feature_distance: reference features must be (N >= 2, F), got "
+                         f"{ref.shape}")
+    if metric not in ("gaussian", "l2"):
+        raise ValueError(f"feature_distance: metric must be 'gaussian' or 'l2', got {metric!r}")
+    mu = jnp.asarray(ref.mean(0), jnp.float32)
+    cov = onp.cov(ref, rowvar=False).reshape(ref.shape[1], ref.shape[1])
+    prec = jnp.asarray(onp.linalg.inv(cov + eps * onp.eye(ref.shape[1])), jnp.float32)
+
+    def verifier(x0, cond=None):
+        f = features_fn(x0).astype(jnp.float32)
+        if f.ndim != 2 or f.shape != (x0.shape[0], mu.shape[0]):
+            raise ValueError(f"feature_distance: features_fn returned {f.shape} for a batch of "
+                             f"{x0.shape[0]}; the reference has {mu.shape[0]} features")
+        d = f - mu
+        if metric == "l2":
+            return -jnp.sum(d * d, axis=-1)
+        return -0.5 * jnp.einsum("bi,ij,bj->b", d, prec, d)
+
+    return verifier
 
 
 def from_fn(fn: Callable) -> Verifier:
