@@ -69,11 +69,14 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file 
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, samples.")
 _NUM = flags.DEFINE_integer("num", None, "Number of samples, >= 1 (sample: default "
-                            "config.sample.num; evaluate: default config.eval.num_samples).")
+                            "config.sample.num; evaluate: default config.eval.num_samples; "
+                            "search: default 16).")
 _SAMPLER = flags.DEFINE_string("sampler", None, "Sampler name (default: the run's "
-                               "config.sample.sampler / config.eval.sampler).")
+                               "config.sample.sampler / config.eval.sampler; search: ddpm for "
+                               "dts, dts_star, dts_uniform, random and smc, dpmpp_2m for the "
+                               "others).")
 _STEPS = flags.DEFINE_integer("steps", None, "Number of sampler steps, >= 1 (default: the run's "
-                              "config.sample.steps / config.eval.steps).")
+                              "config.sample.steps / config.eval.steps; search: 50).")
 _SPACING = flags.DEFINE_string("spacing", None, "Noise-level grid of the sampler steps (default: "
                                "the run's config.sample.spacing).")
 _GUIDANCE = flags.DEFINE_string("guidance", None, "Guidance: a method name (listed below) or a "
@@ -86,7 +89,7 @@ _GUIDANCE = flags.DEFINE_string("guidance", None, "Guidance: a method name (list
 _ALLOW_NEG = flags.DEFINE_bool("allow_negative_guidance", False, "Accept --guidance < 0, which "
                                "reverses the condition (samples pushed away from their class).")
 _OUT = flags.DEFINE_string("out", None, "Output PNG. Default: WORKDIR/sample.png (restore: "
-                           "WORKDIR/restore.png).")
+                           "WORKDIR/restore.png, search: WORKDIR/search.png).")
 _SEED = flags.DEFINE_integer("seed", None, "Sampling seed (default: 0 for sample, 1234 for "
                              "evaluate).")
 _PARAMS = flags.DEFINE_string("params", None, "Parameter set: 'params' or an EMA name such as "
