@@ -28,6 +28,7 @@ import numpy as np
 
 from diffjax.core import samplers
 from diffjax.search import dts, noise_search, paths, smc
+from diffjax.search.noise_search import _repeat as _rep
 
 STOCHASTIC = ("dts", "dts_star", "dts_uniform", "random", "smc")
 DETERMINISTIC = ("bon", "zero_order", "paths")
@@ -48,10 +49,6 @@ def default_sampler(method: str) -> str:
 def _per_sample_nfe(sampler, sigmas, example_shape, **knobs) -> int:
     st = samplers.stepper(sampler, lambda x, s, c=None: jnp.zeros_like(x), sigmas, **knobs)
     return int(dts._level_nfe(st, example_shape, (st.num_steps,), knobs)[0])
-
-
-def _rep(cond, n):
-    return None if cond is None else jax.tree.map(lambda v: jnp.repeat(jnp.asarray(v), n, 0), cond)
 
 
 def _count(budget, num, per, method, what):
