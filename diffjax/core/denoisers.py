@@ -78,9 +78,14 @@ def _net(apply_fn, params, x_in, label, cond, train, rngs, max_batch=None):
     if rngs is not None:
         kw["rngs"] = rngs
     call = lambda a: apply_fn(params, a["x"], a["t"], labels=a.get("label"),
-                              context=a.get("context"), train=train, **kw).astype(jnp.float32)
+                              context=a.get("context"), train=train, **kw,
+                              **({"guidance": a["guidance"]} if "guidance" in a else {})
+                              ).astype(jnp.float32)
     args = {"x": x_in, "t": label, **{k: cond[k] for k in ("label", "context")
                                        if cond.get(k) is not None}}
+    if cond.get("guidance") is not None:   # a guidance-distilled student's w input, one per row
+        args["guidance"] = jnp.broadcast_to(jnp.asarray(cond["guidance"], jnp.float32),
+                                            (x_in.shape[0],))
     b = x_in.shape[0]
     if train or not max_batch or b <= max_batch:
         return call(args)

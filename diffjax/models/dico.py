@@ -87,13 +87,14 @@ class DiCo(nn.Module):
     noise_label_scale: float = 1.0
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
+    guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
                  context: Optional[jax.Array] = None, *, train: bool = False,
-                 return_intermediates: bool = False):
+                 return_intermediates: bool = False, guidance: Optional[jax.Array] = None):
         _, hgt, wid, cin = x.shape
         if hgt % 4 or wid % 4:
             raise ValueError(f"DiCo needs a resolution divisible by 4, got {(hgt, wid)}")
@@ -104,7 +105,8 @@ class DiCo(nn.Module):
         out_ch = (self.out_channels or cin) * (2 if self.learn_sigma else 1)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-        c1, c2, c3 = (condition_embedding(self, width, noise_labels, labels, train, suffix=f"_{k + 1}")
+        c1, c2, c3 = (condition_embedding(self, width, noise_labels, labels, train, suffix=f"_{k + 1}",
+                                          guidance=guidance)
                       for k, width in enumerate((C, 2 * C, 4 * C)))
 
         def stage(h, n, c, name):

@@ -104,13 +104,14 @@ class DiT(nn.Module):
     td_time_shift: float = -1.0
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
+    guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
                  context: Optional[jax.Array] = None, *, train: bool = False,
-                 return_intermediates: bool = False):
+                 return_intermediates: bool = False, guidance: Optional[jax.Array] = None):
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
         b, hgt, wid, cin = x.shape
@@ -126,8 +127,11 @@ class DiT(nn.Module):
         c = tau = None
         n_extra = 0
         if self.norm == "adaln_zero":
-            c = condition_embedding(self, d, noise_labels, labels, train)
+            c = condition_embedding(self, d, noise_labels, labels, train, guidance=guidance)
         else:
+            if self.guidance_embed:
+                raise ValueError("DiT guidance_embed needs norm='adaln_zero' (the guidance scale "
+                                 "enters the adaLN condition)")
             tau = td_time(noise_labels, self.td_time_scale, self.td_time_shift)
             if self.num_classes > 0:
                 y = LabelEmbedder(self.num_classes, d, self.cep_gamma, self.cep_kind,

@@ -34,7 +34,7 @@ NOISE_EMBEDDINGS = ("positional", "fourier")
 CEP_KINDS = ("uniform", "gaussian")
 # The fields of DiT, PixArt, DiCo and UNet that ``condition_embedding`` reads.
 CONDITION_FIELDS = ("num_classes", "freq_dim", "noise_embedding", "noise_label_scale", "cep_gamma",
-                    "cep_kind", "kernel_init", "dtype", "param_dtype")
+                    "cep_kind", "guidance_embed", "kernel_init", "dtype", "param_dtype")
 
 
 def sinusoidal_embedding(s: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -147,11 +147,33 @@ class LabelEmbedder(nn.Module):
         return emb
 
 
+class GuidanceEmbedder(nn.Module):
+    """Guidance scale w (B,) -> sinusoid(1000 w) -> Dense -> SiLU -> Dense (zero init): the w input of
+    a guidance-distilled student (Meng et al. 2023, stage 1; the LCM / diffusers w-embedding, which
+    also scales w by 1000). The last layer starts at zero, so a student built from a teacher's
+    weights starts as the teacher's conditional model for every w."""
+
+    hidden: int
+    freq_dim: int = 256
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, w: jax.Array) -> jax.Array:
+        f = sinusoidal_embedding(jnp.asarray(w, jnp.float32) * 1000.0, self.freq_dim)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = nn.silu(nn.Dense(self.hidden, kernel_init=normal002, name="fc1", **kw)(f.astype(self.dtype)))
+        return nn.Dense(self.hidden, kernel_init=nn.initializers.zeros, name="fc2", **kw)(h)
+
+
 def condition_embedding(model: nn.Module, features: int, noise_labels: jax.Array,
                         labels: Optional[jax.Array], train: bool = False, *, suffix: str = "",
-                        names: tuple = ("t_embedder", "y_embedder"), **fields) -> jax.Array:
-    """c = t_emb(noise_labels) + y_emb(labels) (B, features), y_emb only when num_classes > 0 (CEP
-    on it in training): the condition of DiT (adaLN-Zero), PixArt, DiCo and the U-Net.
+                        names: tuple = ("t_embedder", "y_embedder"), guidance=None,
+                        **fields) -> jax.Array:
+    """c = t_emb(noise_labels) + y_emb(labels) [+ w_emb(guidance)] (B, features), y_emb only when
+    num_classes > 0 (CEP on it in training), w_emb only when the model's ``guidance_embed`` is set
+    (a guidance-distilled student; ``guidance`` None means w = 1, the conditional model): the
+    condition of DiT (adaLN-Zero), PixArt, DiCo and the U-Net.
 
     Call it inside ``model``'s ``nn.compact`` method: the ``TimestepEmbedder`` and ``LabelEmbedder``
     become ``model``'s own children, named ``names`` + ``suffix`` (params t_embedder/fc1, fc2 and
@@ -169,6 +191,14 @@ def condition_embedding(model: nn.Module, features: int, noise_labels: jax.Array
     if f["num_classes"] > 0:
         c = c + LabelEmbedder(f["num_classes"], features, f["cep_gamma"], f["cep_kind"],
                               name=names[1] + suffix, **kw)(labels, c.shape[0], train)
+    if f["guidance_embed"]:
+        w = jnp.ones((c.shape[0],), jnp.float32) if guidance is None else \
+            jnp.broadcast_to(jnp.asarray(guidance, jnp.float32), (c.shape[0],))
+        c = c + GuidanceEmbedder(features, f["freq_dim"], name="w_embedder" + suffix, **kw)(w)
+    elif guidance is not None:
+        raise ValueError(f"{type(model).__name__} got a guidance scale input but is not "
+                         f"guidance-conditioned (set its guidance_embed field: a guidance-distilled "
+                         f"student)")
     return c
 
 

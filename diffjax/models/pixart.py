@@ -93,13 +93,15 @@ class PixArt(nn.Module):
     pe_scale: float = 1.0
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
+    guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
                  context: Optional[jax.Array] = None, *, context_mask: Optional[jax.Array] = None,
-                 train: bool = False, return_intermediates: bool = False):
+                 train: bool = False, return_intermediates: bool = False,
+                 guidance: Optional[jax.Array] = None):
         b, hgt, wid, cin = x.shape
         p, d = self.patch_size, self.hidden_size
         if hgt % p or wid % p:
@@ -110,7 +112,7 @@ class PixArt(nn.Module):
 
         z = nn.Dense(d, kernel_init=xavier, name="x_embedder", **kw)(patchify(x.astype(self.dtype), p))
         z = z + sincos_2d(gh, gw, d, self.pe_scale).astype(self.dtype)[None]
-        t = condition_embedding(self, d, noise_labels, labels, train)
+        t = condition_embedding(self, d, noise_labels, labels, train, guidance=guidance)
         t0 = nn.Dense(6 * d, kernel_init=normal002, name="t_block", **kw)(nn.silu(t))
 
         null = context is None

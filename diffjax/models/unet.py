@@ -46,6 +46,7 @@ class UNet(nn.Module):
     noise_label_scale: float = 1.0
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
+    guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -62,7 +63,8 @@ class UNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
                  context: Optional[jax.Array] = None, *, mask: Optional[jax.Array] = None,
-                 train: bool = False, return_intermediates: bool = False) -> jax.Array:
+                 train: bool = False, return_intermediates: bool = False,
+                 guidance: Optional[jax.Array] = None) -> jax.Array:
         if return_intermediates:
             raise ValueError("UNet has no per-layer shared output head; return_intermediates is "
                              "supported by dit, pixart, dico and dimr")
@@ -78,7 +80,7 @@ class UNet(nn.Module):
 
         emb = condition_embedding(self, 4 * ch, noise_labels, labels, train, freq_dim=ch,
                                   kernel_init=nn.initializers.lecun_normal(),
-                                  names=("time_embed", "label_embed"))
+                                  names=("time_embed", "label_embed"), guidance=guidance)
 
         res = lambda c, **a: ResBlock(c, self.dropout, self.use_scale_shift_norm, **a, **kw)
         attn = lambda: AttentionBlock(self.num_heads, self.num_head_channels, **kw)
