@@ -1,6 +1,7 @@
 """The ``diffjax`` command: train, sample, evaluate, preflight.
 
     diffjax train    --config configs/digits.py --workdir DIR [--config.key=value ...]
+    diffjax distill  --config configs/distill_progressive.py --teacher RUN --workdir DIR
     diffjax sample   --workdir DIR --num 100 --sampler heun --steps 18 --guidance 2 --out grid.png
     diffjax evaluate --workdir DIR [--num 500 --sampler heun --steps 18 --guidance 2]
     diffjax sample   --workdir DIR --guidance NAME --guidance.scale W --guidance.FIELD V ...
@@ -62,6 +63,7 @@ from diffjax.cli.table import (COMMANDS, EXIT_INTERRUPTED, OUR_FLAGS, CommandErr
                                DoesNotFit)
 from diffjax.cli import restore as _restore  # noqa: E402  (defines the restore flags)
 from diffjax.cli import search as _search  # noqa: E402  (defines the search flags)
+from diffjax.cli import distill as _distill  # noqa: E402  (defines the distill flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python file "
                                           "with get_config()), e.g. configs/digits.py; "
@@ -200,16 +202,20 @@ def _need_workdir(cmd: str) -> str:
     return _WORKDIR.value
 
 
-def cmd_train():
+def cmd_train(cmd: str = "train"):
     from diffjax.training import preemption, trainer
 
-    workdir = _need_workdir("train")
-    if _CONFIG.value is None:
+    workdir = _need_workdir(cmd)
+    if cmd == "distill":
+        config = _distill.student_config(_CONFIG.value)
+    elif _CONFIG.value is None:
         raise CommandError("diffjax train needs --config (e.g. --config configs/digits.py)")
-    summary = trainer.train(_CONFIG.value, workdir)
+    else:
+        config = _CONFIG.value
+    summary = trainer.train(config, workdir)
     print(json.dumps(_printable(summary), indent=1), flush=True)
     if summary.get("preempted"):
-        sys.stderr.write(f"diffjax train: preempted at step {summary.get('step')}; rerun the same "
+        sys.stderr.write(f"diffjax {cmd}: preempted at step {summary.get('step')}; rerun the same "
                          f"command to resume\n")
         sys.stderr.flush()
         sys.exit(preemption.EXIT_PREEMPTED)
@@ -399,7 +405,7 @@ def _printable(d: dict) -> dict:
     return {k: (round(v, 5) if isinstance(v, float) else v) for k, v in d.items()}
 
 
-_RUN = {"train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate,
+_RUN = {"train": cmd_train, "distill": lambda: cmd_train("distill"), "sample": cmd_sample, "evaluate": cmd_evaluate,
         "preflight": cmd_preflight, "restore": _restore.cmd_restore,
         "search": _search.cmd_search}
 
@@ -447,7 +453,7 @@ def main(argv=None):
         app.run(_main, argv=argv, flags_parser=parse_flags)
     except KeyboardInterrupt:
         what = ("; the last checkpoint written is intact: rerun the same command to resume from it"
-                if cmd == "train" else "")
+                if cmd in ("train", "distill") else "")
         sys.stderr.write(f"diffjax{' ' + cmd if cmd in COMMANDS else ''}: interrupted{what}\n")
         sys.stderr.flush()
         sys.exit(EXIT_INTERRUPTED)

@@ -145,7 +145,7 @@ def command_help(cmd: str, workdir: str | None = None) -> str:
                 "config: decay_<d> for each d in config.ema.decays, power_<std> for each std in "
                 "config.ema.power_stds (e.g. power_0.1). Add --workdir DIR to --help to list a "
                 "run's sets, classes and saved checkpoint steps.", 2))
-    extra = {"train": TRAIN_EXIT, "preflight": " or the config does not fit (the advice says "
+    extra = {"train": TRAIN_EXIT, "distill": TRAIN_EXIT, "preflight": " or the config does not fit (the advice says "
                                                  "what to change)"}.get(cmd, "")
     lines += ["", _wrap(EXIT_STATUS.format(extra), 0)]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,10 @@ COMMANDS = {
     "train": ("train (or resume) a model from a config file in a run directory",
               "--config FILE --workdir DIR [--config.KEY=VALUE ...]",
               ("config", "workdir") + HOSTS),
+    "distill": ("train (or resume) a few-step or faster student of a trained teacher run",
+                "--config configs/distill_NAME.py --teacher DIR --workdir DIR "
+                "[--config.KEY=VALUE ...]",
+                ("config", "teacher", "workdir") + HOSTS),
     "sample": ("draw samples from a trained run and save them as a PNG grid",
                "--workdir DIR [--num N --sampler NAME --steps N --guidance NAME|W --guidance.FIELD V "
                "--out PNG]",
@@ -56,7 +60,7 @@ METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sample
             "method": "NAME", "strength": "W", "factor": "F", "mask": "KIND",
             "mask_keep": "P", "kernel_size": "K", "blur_std": "S", "noise_std": "S",
             "budget": "NFE", "reward": "SPEC", "label": "K", "lam": "L",
-            "classifier_workdir": "DIR"}
+            "classifier_workdir": "DIR", "teacher": "DIR"}
 
 
 # Every flag the CLI defines; each command takes the ones listed in COMMANDS. absl's own flags

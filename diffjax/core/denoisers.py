@@ -16,6 +16,9 @@ train=, rngs=)`` into D with explicit params:
     flow: x0 = (sigma' x_t - sigma u_net) / (alpha sigma' - sigma alpha')   (Lipman/Liu 2023)
     edm : x0 = c_skip x + c_out F(c_in x, ln(sigma)/4),  c_skip = sd^2/(s^2+sd^2),
           c_out = s sd / sqrt(s^2+sd^2), c_in = 1/sqrt(s^2+sd^2)   (Karras et al. 2022, Table 1)
+    consistency: EDM's form with the boundary shifted to s_min (Song et al. 2023, Appendix C):
+          c_skip = sd^2/((s - s_min)^2 + sd^2), c_out = (s - s_min) sd / sqrt(s^2 + sd^2), so
+          D(x, s_min) = x exactly (the consistency function's boundary condition f(x, s_min) = x)
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ import jax.numpy as jnp
 from diffjax.core import processes as P
 
 Denoiser = Callable[[jax.Array, jax.Array, Any], jax.Array]
-PARAMETERIZATIONS = ("eps", "x0", "v", "flow", "edm")
+PARAMETERIZATIONS = ("eps", "x0", "v", "flow", "edm", "consistency")
 
 
 def bcast(v, x):
@@ -72,20 +75,26 @@ def _sigma_vec(sigma, x):
     return jnp.broadcast_to(sigma, (x.shape[0],))
 
 
+# Entries of ``cond`` passed to the network as keyword arguments of the same name, besides the
+# labels and context: per-example ones (one row per example; sliced with the batch) and per-call
+# ones (one value for the whole call).
+ROW_INPUTS = ("guidance",)          # a guidance-distilled student's scale w (models' guidance_embed)
+CALL_INPUTS = ("exit_threshold",)   # an early-exit network's confidence threshold (DeeDiff)
+
+
 def _net(apply_fn, params, x_in, label, cond, train, rngs, max_batch=None):
     cond = cond or {}
-    kw = {}
+    kw = {k: cond[k] for k in CALL_INPUTS if cond.get(k) is not None}
     if rngs is not None:
         kw["rngs"] = rngs
     call = lambda a: apply_fn(params, a["x"], a["t"], labels=a.get("label"),
                               context=a.get("context"), train=train, **kw,
-                              **({"guidance": a["guidance"]} if "guidance" in a else {})
-                              ).astype(jnp.float32)
+                              **{k: a[k] for k in ROW_INPUTS if k in a}).astype(jnp.float32)
     args = {"x": x_in, "t": label, **{k: cond[k] for k in ("label", "context")
                                        if cond.get(k) is not None}}
-    if cond.get("guidance") is not None:   # a guidance-distilled student's w input, one per row
-        args["guidance"] = jnp.broadcast_to(jnp.asarray(cond["guidance"], jnp.float32),
-                                            (x_in.shape[0],))
+    for k in ROW_INPUTS:
+        if cond.get(k) is not None:
+            args[k] = jnp.broadcast_to(jnp.asarray(cond[k], jnp.float32), (x_in.shape[0],))
     b = x_in.shape[0]
     if train or not max_batch or b <= max_batch:
         return call(args)
@@ -112,13 +121,15 @@ def _in_chunks(call, args, b, size):
 
 
 def from_network(apply_fn: Callable, process: P.Process, parameterization: str = "eps",
-                 sigma_data: float = 0.5, max_batch: Optional[int] = None):
+                 sigma_data: float = 0.5, max_batch: Optional[int] = None,
+                 sigma_min: Optional[float] = None):
     """Wrap a network into ``den(params, x, sigma, cond, train=False, rngs=None) -> x0_hat``.
 
     ``x`` and ``sigma`` are in the EDM frame; the wrapper maps them to the process's time
     t = t_from_sigma_tilde(sigma) and input x_t = alpha(t) x for the network. ``max_batch``: inference
     calls (train=False) on a larger batch run the network on slices of at most this many rows, one
     after another (same values; on a CPU the smaller working set can be faster per image, BENCHMARKS.md).
+    ``sigma_min`` (consistency only; default: the process's smallest noise level) is the boundary.
     """
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"unknown parameterization {parameterization!r}; expected one of "
@@ -126,13 +137,16 @@ def from_network(apply_fn: Callable, process: P.Process, parameterization: str =
     if max_batch is not None and (not isinstance(max_batch, int) or max_batch < 1):
         raise ValueError(f"max_batch must be a positive int or None; got {max_batch!r}")
 
+    s_min = float(process.sigma_tilde_range()[0] if sigma_min is None else sigma_min)
+
     def den(params, x, sigma, cond=None, train: bool = False, rngs=None):
         s = _sigma_vec(sigma, x)
         xf = x.astype(jnp.float32)
-        if parameterization == "edm":
+        if parameterization in ("edm", "consistency"):
             sd = sigma_data
-            c_skip = sd ** 2 / (s ** 2 + sd ** 2)
-            c_out = s * sd / jnp.sqrt(s ** 2 + sd ** 2)
+            shift = s - s_min if parameterization == "consistency" else s
+            c_skip = sd ** 2 / (shift ** 2 + sd ** 2)
+            c_out = shift * sd / jnp.sqrt(s ** 2 + sd ** 2)
             c_in = 1.0 / jnp.sqrt(s ** 2 + sd ** 2)
             F = _net(apply_fn, params, bcast(c_in, xf) * xf, jnp.log(s) / 4.0, cond, train, rngs,
                      max_batch)

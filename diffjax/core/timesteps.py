@@ -2,6 +2,11 @@
 
 Every sampler consumes such a grid, so any discretization runs with any sampler and process.
     karras    sigma_i = (s_max^{1/rho} + i/(N-1) (s_min^{1/rho} - s_max^{1/rho}))^rho  (Karras et al. 2022)
+    nested    sigma_i = g((N - i) / N), g(u) = (s_min^{1/rho} + u (s_max^{1/rho} - s_min^{1/rho}))^rho,
+              i < N: the Karras ramp at the fractions u = 1, (N-1)/N, ..., 1/N, then 0. The N-step
+              grid is every other level of the 2N-step one, which progressive distillation needs
+              (a student step spans exactly two teacher steps; Salimans & Ho 2022 use u = i/N on
+              their cosine schedule the same way). N = 1 is the single step sigma_max -> 0.
     uniform   t uniform in the process's time between t_max and t_min     (DDPM/DPM-Solver 'time_uniform')
     logsnr    log-SNR uniform                                              (DPM-Solver 'logSNR')
     quadratic t quadratic (DPM-Solver 'time_quadratic')
@@ -21,7 +26,8 @@ import numpy as np
 from diffjax.core import processes as P
 
 LOGSNR_SIGMA_FLOOR = 2e-3  # smallest level of a log-SNR grid on processes that reach sigma = 0
-SPACINGS = ("karras", "uniform", "logsnr", "quadratic", "linspace", "leading", "trailing")
+SPACINGS = ("karras", "nested", "uniform", "logsnr", "quadratic", "linspace", "leading",
+            "trailing")
 
 
 def _append_zero(s):
@@ -35,6 +41,22 @@ def karras(num_steps: int, sigma_min=0.002, sigma_max=80.0, rho=7.0):
     lo = jnp.asarray(sigma_min, jnp.float32) ** (1.0 / rho)
     hi = jnp.asarray(sigma_max, jnp.float32) ** (1.0 / rho)
     return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def nested_level(u, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """g(u) of the nested grid: the Karras ramp at fraction u in (0, 1] (1: sigma_max; u may be a
+    traced array; u = 0 is sigma = 0 by convention, the end of every nested grid)."""
+    u = jnp.asarray(u, jnp.float32)
+    lo = jnp.asarray(sigma_min, jnp.float32) ** (1.0 / rho)
+    hi = jnp.asarray(sigma_max, jnp.float32) ** (1.0 / rho)
+    return jnp.where(u > 0, (lo + u * (hi - lo)) ** rho, 0.0)
+
+
+def nested(num_steps: int, sigma_min=0.002, sigma_max=80.0, rho=7.0):
+    """The nested grid of ``num_steps`` levels then 0 (module docstring)."""
+    _check_steps(num_steps)
+    u = jnp.arange(num_steps, 0, -1, dtype=jnp.float32) / num_steps
+    return _append_zero(nested_level(u, sigma_min, sigma_max, rho))
 
 
 def ddpm_timesteps(num_steps: int, num_train_steps: int = 1000, spacing: str = "leading",
@@ -66,11 +88,11 @@ def sigmas(process: P.Process, num_steps: int, spacing: str = "karras", *, sigma
     _check_steps(num_steps)
     if spacing not in SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; expected one of {SPACINGS}")
-    if spacing == "karras":
+    if spacing in ("karras", "nested"):
         lo, hi = process.sigma_tilde_range()
         lo = max(lo, 1e-4) if sigma_min is None else sigma_min
         hi = hi if sigma_max is None else sigma_max
-        return karras(num_steps, lo, hi, rho)
+        return (karras if spacing == "karras" else nested)(num_steps, lo, hi, rho)
     if spacing in ("linspace", "leading", "trailing"):
         if not isinstance(process, P.DiscreteVP):
             raise ValueError(f"spacing {spacing!r} is for the discrete DDPM process (vp_discrete), "

@@ -98,10 +98,14 @@ def resolve_guidance(run: Run, given, default, origin: str, default_origin: str)
 
 def resolve_for(run: Run, guidance) -> dict:
     """The guidance section a draw from ``run`` uses: unconditional runs take only methods that
-    need no classes (classifier-free guidance becomes 'none')."""
+    need no classes (classifier-free guidance becomes 'none'); on a run whose model takes the
+    guidance scale as input, classifier-free guidance at scale w is that input (guidance_input)."""
     sec = guidance_lib.resolve(guidance)
     if not run.num_classes and guidance_lib.get(sec["name"]).needs_classes:
         sec = guidance_lib.resolve(None)
+    if sec["name"] == "classifier_free" and run.config.model.get("guidance_embed", False):
+        # a guidance-distilled student computes the guided x0 itself (distill/guided.py)
+        sec = guidance_lib.resolve({"name": "guidance_input", "scale": sec["scale"]})
     return sec
 
 

@@ -75,6 +75,23 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
     return c
 
 
+def distill_base(objective: str, **fields) -> ml_collections.ConfigDict:
+    """The common part of ``configs/distill_*.py``: a config whose data, diffusion and model
+    sections ``diffjax distill`` replaces by the teacher's (distill/student.py), the objective
+    ``objective`` with ``fields``, no EMA (students are sampled with their trained weights), a
+    checkpoint at the end, and no periodic grids."""
+    c = base("unet_tiny16")
+    c.objective = ml_collections.ConfigDict(dict(name=objective, teacher_workdir="", **fields))
+    c.ema.decays = ()
+    c.ema.power_stds = ()
+    c.optim.schedule = "constant"
+    c.optim.warmup_steps = 0
+    c.sample.params = "params"
+    c.sample.every = 0
+    c.sample.num = 100
+    return c
+
+
 def sibling(config_file: str, name: str, arg=None) -> ml_collections.ConfigDict:
     """``get_config(arg)`` of the config file ``name`` next to ``config_file`` (a config that
     builds on another: ``sibling(__file__, 'digits.py')``)."""

@@ -48,7 +48,8 @@ def _manual(st, x_T, keys, step=_jit_step):
 
 def test_registry_is_covered():
     assert set(S.SAMPLERS) == {"ddpm", "ddim", "euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc",
-                               "unipc_3", "evodiff", "flow_euler", "flow_midpoint", "pfgmpp"}
+                               "unipc_3", "evodiff", "flow_euler", "flow_midpoint", "pfgmpp",
+                               "consistency", "ddim_renoise"}
 
 
 @pytest.mark.parametrize("name", sorted(S.SAMPLERS))
@@ -60,7 +61,7 @@ def test_manual_stepping_reproduces_sample(name):
     x_T = (proc or P.Process()).prior(keys, SHAPE[1:], sig[0])
     st = S.stepper(name, D_GAUSS, sig, **kn)
     assert st.num_steps == 6
-    assert st.needs_noise == (name in ("ddpm",) or name in NOISY)
+    assert st.needs_noise == (name in ("ddpm", "consistency", "ddim_renoise") or name in NOISY)
     s = _manual(st, x_T, keys)
     np.testing.assert_array_equal(np.asarray(s.x), np.asarray(ref.x))
     assert int(s.nfe) == int(ref.nfe) and int(s.i) == 6

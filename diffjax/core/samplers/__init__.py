@@ -19,6 +19,7 @@ from diffjax.core import processes as P
 from diffjax.core.samplers.base import (Sampler, SampleResult, SamplerState, Stepper, example_keys,
                                         float_dtype, prior_noise, push, run, step_noise, stepper)
 from diffjax.core.samplers.ddim import DDIM, DDPM, ancestral_split, ddim_step_deterministic
+from diffjax.core.samplers.distilled import CONSISTENCY, DDIM_RENOISE
 from diffjax.core.samplers.dpm_solver import DPMPP_2M, DPMPP_3M
 from diffjax.core.samplers.edm import EULER, HEUN, PFGMPP_HEUN
 from diffjax.core.samplers.evodiff import EVODIFF
@@ -26,14 +27,15 @@ from diffjax.core.samplers.flow import FLOW_EULER, FLOW_MIDPOINT
 from diffjax.core.samplers.inversion import ddim_invert
 from diffjax.core.samplers.unipc import UNIPC, UNIPC_3
 
-__all__ = ["DDIM", "DDPM", "DPMPP_2M", "DPMPP_3M", "EULER", "EVODIFF", "FLOW_EULER", "FLOW_MIDPOINT",
+__all__ = ["CONSISTENCY", "DDIM", "DDIM_RENOISE", "DDPM", "DPMPP_2M", "DPMPP_3M", "EULER", "EVODIFF", "FLOW_EULER", "FLOW_MIDPOINT",
            "HEUN", "PFGMPP_HEUN", "SAMPLERS", "UNIPC", "UNIPC_3", "Sampler", "SampleResult",
            "SamplerState", "Stepper", "ancestral_split", "ddim_invert", "ddim_step_deterministic",
            "example_keys", "float_dtype", "get", "prior", "prior_noise", "push", "run", "sample",
            "step_noise", "stepper"]
 
 SAMPLERS = {s.name: s for s in (DDPM, DDIM, EULER, HEUN, DPMPP_2M, DPMPP_3M, UNIPC, UNIPC_3,
-                                EVODIFF, FLOW_EULER, FLOW_MIDPOINT, PFGMPP_HEUN)}
+                                EVODIFF, FLOW_EULER, FLOW_MIDPOINT, PFGMPP_HEUN, CONSISTENCY,
+                                DDIM_RENOISE)}
 
 
 def get(name: str) -> Sampler:

@@ -5,7 +5,8 @@ A sampler is a step function
 over the EDM frame (x = x0 + sigma eps; see core/denoisers.py), where D(x, sigma) is the denoiser
 with its condition bound, ``noise`` is an explicit standard-normal array shaped like x (None when the
 caller draws none; deterministic samplers ignore it) and ``knobs`` holds traced scalars (eta, churn,
-...) plus ``num_steps`` (N, the grid's number of steps, static) and ``solver_steps`` (S, traced: the
+...) plus ``num_steps`` (N, the grid's number of steps, static), ``grid`` (sigma_0..sigma_N, for
+steps that look past sigma_{i+1}; state.i is the step's index) and ``solver_steps`` (S, traced: the
 steps ending at sigma > 0, so N - 1 on a grid ending at 0 and N otherwise; multistep solvers lower
 their order on the last solver steps, not on the step into sigma = 0, which only returns x0_hat).
 Every step sets ``state.x0`` to the latest x0_hat it computed: D(x_i, sigma_i) for DDIM/DDPM,
@@ -203,6 +204,7 @@ class Stepper:
             sig = sig.astype(dt)
             kn = {k: (v if k == "solver_steps" else v.astype(dt)) for k, v in kn.items()}
         kn["num_steps"] = self.num_steps
+        kn["grid"] = sig                     # the whole grid, for steps that look past sigma_{i+1}
         if not self.sampler.needs_noise:
             noise = None
         elif noise is None and self.needs_noise:
