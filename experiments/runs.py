@@ -18,3 +18,17 @@ def ensure_trained(workdir: str, config: str, *overrides: str):
     print(f"training {config} into {workdir} ...", flush=True)
     subprocess.run([sys.executable, "-m", "diffjax.cli", "train", "--config", config, "--workdir",
                     workdir, *overrides], check=True, cwd=ROOT)
+
+
+def ensure_distilled(workdir: str, config: str, teacher: str, *overrides: str):
+    """``diffjax distill --config CONFIG --teacher TEACHER --workdir WORKDIR [overrides]`` unless
+    WORKDIR has finished (its last checkpoint is the config's total_steps; a cut run resumes)."""
+    ckpt = os.path.join(workdir, "checkpoints")
+    done = os.path.join(workdir, "distill_done")
+    if os.path.isfile(done):
+        return
+    print(f"distilling {teacher} with {config} into {workdir} ...", flush=True)
+    subprocess.run([sys.executable, "-m", "diffjax.cli", "distill", "--config", config,
+                    "--teacher", teacher, "--workdir", workdir, *overrides], check=True, cwd=ROOT)
+    if os.path.isdir(ckpt):
+        open(done, "w").close()

@@ -6,6 +6,7 @@
     diffjax evaluate --workdir DIR [--num 500 --sampler heun --steps 18 --guidance 2]
     diffjax sample   --workdir DIR --guidance NAME --guidance.scale W --guidance.FIELD V ...
     diffjax preflight --config configs/imagenet256_dit_xl2.py --topology v5p:4x4x4 [--config.x=y]
+                     [--teacher RUN]   (a distillation config: its teacher's state is counted)
     diffjax restore  --workdir DIR --operator inpaint|sr|colorize|deblur --input FILE --out PNG
     diffjax search   --workdir DIR --method dts|dts_star|dts_uniform|bon|random|zero_order|paths|smc
                      --budget NFE --reward class:7|even|odd|... --num N --out grid.png
@@ -369,6 +370,9 @@ def cmd_preflight():
                            "configs/imagenet256_dit_xl2.py --topology v5p:4x4x4)")
     target = _TOPOLOGY.value or f"this machine ({jax.default_backend()})"
     sample = not _NO_SAMPLE.value
+    config = _CONFIG.value
+    if _distill.teacher_given():    # a distillation config: the student with its teacher's state
+        config = _distill.student_config(config)
     if _TOPOLOGY.value:
         from diffjax.preflight import chips
         try:
@@ -377,9 +381,9 @@ def cmd_preflight():
             raise CommandError(str(e)) from e
     try:
         if _TOPOLOGY.value:
-            r = report.tpu(_CONFIG.value, _TOPOLOGY.value, sample=sample)
+            r = report.tpu(config, _TOPOLOGY.value, sample=sample)
         else:
-            r = report.run(_CONFIG.value, jax.devices(), target=target, sample=sample)
+            r = report.run(config, jax.devices(), target=target, sample=sample)
     except ValueError:
         raise  # a bad mesh or input shape: the message already names the config key
     except Exception as e:  # noqa: BLE001 - XLA's compile errors come as several types

@@ -15,8 +15,13 @@ from absl import flags
 
 from diffjax.cli.table import CommandError
 
-_TEACHER = flags.DEFINE_string("teacher", None, "distill: the teacher's run directory (trained "
-                               "with diffjax train, or a student of an earlier distillation).")
+_TEACHER = flags.DEFINE_string("teacher", None, "distill, preflight: the teacher's run directory "
+                               "(trained with diffjax train, or a student of an earlier "
+                               "distillation).")
+
+
+def teacher_given() -> bool:
+    return bool(_TEACHER.value)
 
 
 def student_config(config):

@@ -35,8 +35,8 @@ COMMANDS = {
                  "--workdir DIR [--num N --sampler NAME --steps N --guidance NAME|W]",
                  DRAW + HOSTS),
     "preflight": ("compile a config for a TPU slice (or this machine): memory, FLOPs, fit",
-                  "--config FILE [--topology v5p:4x4x4] [--config.KEY=VALUE ...]",
-                  ("config", "topology", "json", "skip_sampler")),
+                  "--config FILE [--topology v5p:4x4x4] [--teacher DIR] [--config.KEY=VALUE ...]",
+                  ("config", "topology", "json", "skip_sampler", "teacher")),
     "restore": ("restore images (inpaint, sr, colorize, deblur) with a trained run as the prior",
                 "--workdir DIR --operator inpaint|sr|colorize|deblur --input FILE [--out PNG "
                 "--method steer|dps|none --steps N --sampler NAME --seed N]",
