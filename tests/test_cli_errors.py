@@ -72,7 +72,7 @@ def test_flags_commands_and_arguments_are_checked(tmp_path):
     ("evaluate", ["--guidance.scale", "-2"], "--guidance.scale -2 is negative"),
     ("sample", ["--guidance.scale=inf"], "--guidance.scale must be a finite number"),
     ("sample", ["--guidance.scale"], "--guidance.scale needs a value"),
-    ("sample", ["--sampler", "eulerr"], "--sampler: unknown sampler 'eulerr'; expected one of ddim"),
+    ("sample", ["--sampler", "eulerr"], "--sampler: unknown sampler 'eulerr'; expected one of consistency, ddim"),
     ("evaluate", ["--spacing", "cosine"], "--spacing: unknown spacing 'cosine'; expected one of"),
     ("sample", ["--checkpoint_step", "-1"], "--checkpoint_step must be >= 0"),
 ])

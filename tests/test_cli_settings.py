@@ -43,7 +43,7 @@ def test_defaults_come_from_the_section_and_given_values_are_used_as_given():
 @pytest.mark.parametrize("given, needle", [
     ({"num": 0}, "--num must be a positive integer, got 0"),
     ({"steps": -1}, "--steps must be a positive integer, got -1"),
-    ({"sampler": "eulerr"}, "--sampler: unknown sampler 'eulerr'; expected one of ddim"),
+    ({"sampler": "eulerr"}, "--sampler: unknown sampler 'eulerr'; expected one of consistency, ddim"),
     ({"params": "ema"}, "--params: unknown parameter set 'ema'; this run has decay_0.999, params"),
     ({"spacing": "cosine"}, "--spacing: unknown spacing 'cosine'"),
     ({"guidance": float("inf")}, "--guidance.scale must be a finite number"),

@@ -15,6 +15,7 @@ Each objective is a module registered in ``training.objectives.OBJECTIVES`` with
 Importing the package registers them and the guidance methods that sample their students
 (``guidance_input``, ``early_exit``).
 """
+from diffjax.distill import early_exit as _early_exit  # noqa: F401  (registers 'deediff', 'early_exit')
 from diffjax.distill import guided as _guided  # noqa: F401  (registers 'guided', 'guidance_input')
 from diffjax.distill import progressive as _progressive  # noqa: F401  (registers 'progressive')
 from diffjax.distill import consistency as _consistency  # noqa: F401  (registers 'consistency')

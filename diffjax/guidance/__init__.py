@@ -15,8 +15,9 @@ defaults; ``config.sample.guidance`` / ``config.eval.guidance`` are sections {na
 method's own fields}, and the CLI takes ``--guidance NAME --guidance.scale W --guidance.FIELD V``
 (``--guidance 3`` = classifier-free guidance with scale 3). Float fields are traced values in the
 sampling program (changing them never recompiles). Registered: none, classifier_free, interval,
-rescale, scheduled, auto, classifier, elucd,
-gfcg (experimental), ppap (docs/GUIDANCE.md); steer, dps for inverse problems (docs/INVERSE.md).
+rescale, scheduled, auto, tstitch (T-Stitch: a small run for the first steps), classifier, elucd,
+gfcg (experimental), ppap (docs/GUIDANCE.md); steer, dps for inverse problems (docs/INVERSE.md);
+guidance_input and early_exit, which sample distilled students (diffjax/distill, docs/DISTILL.md).
 """
 from diffjax.guidance.registry import (METHODS, Context, Method, apply, check, compose, describe,
                                        get, prepare, register, resolve, split, traced_values)
@@ -24,8 +25,10 @@ from diffjax.guidance.classifier_free import classifier_free  # noqa: E402  (reg
 from diffjax.guidance import identity as _identity  # noqa: E402,F401  (registers 'none')
 from diffjax.guidance import cfg_variants as _cfg_variants  # noqa: E402,F401  (interval, ...)
 from diffjax.guidance import autoguidance as _autoguidance  # noqa: E402,F401  ('auto')
+from diffjax.guidance import tstitch as _tstitch  # noqa: E402,F401  ('tstitch')
 from diffjax.guidance import classifier as _classifier  # noqa: E402,F401  ('classifier')
 from diffjax.guidance import elucd as _elucd  # noqa: E402,F401  ('elucd')
 from diffjax.guidance import gfcg as _gfcg  # noqa: E402,F401  ('gfcg', experimental)
 from diffjax.guidance import ppap as _ppap  # noqa: E402,F401  ('ppap')
 from diffjax.guidance import measurement as _measurement  # noqa: E402,F401  (steer, dps)
+from diffjax import distill as _distill  # noqa: E402,F401  (guidance_input, early_exit: distill/)

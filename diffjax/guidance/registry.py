@@ -30,9 +30,12 @@ import jax.numpy as jnp
 
 class Context(NamedTuple):
     """What a transform may need of the run: the null class of a class-conditional model (its
-    number of classes; None when unconditional) and the key of the labels in ``cond``."""
+    number of classes; None when unconditional), the key of the labels in ``cond`` and the
+    program's sampling grid ``sigmas`` (decreasing, ending at 0; None when the caller gave none),
+    for transforms that place something on it (T-Stitch's switch point)."""
     null_label: int | None = None
     label_key: str = "label"
+    sigmas: Any = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,7 +67,8 @@ def denoiser(run: Run, guidance=1.0, *, params_name: str | None = None,
                          f"({', '.join(guidance_lib.get(sec['name']).needs_cond)}): use "
                          f"inverse.restore")
     static, state = guidance_lib.prepare(sec, run)
-    ctx = guidance_lib.Context(null_label=run.num_classes if run.num_classes else None)
+    ctx = guidance_lib.Context(null_label=run.num_classes if run.num_classes else None,
+                               sigmas=sigmas)
     return guidance_lib.apply(denoisers.bind(run.den, params), static,
                               guidance_lib.traced_values(sec), ctx, state)
 

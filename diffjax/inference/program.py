@@ -83,7 +83,7 @@ def _build(den, process, sampler, steps, spacing, batch, example_shape, static, 
            gather_params):
     sig = timesteps.sigmas(process, steps, spacing)
     shape = (batch,) + example_shape
-    ctx = guidance_lib.Context(null_label=null_label)
+    ctx = guidance_lib.Context(null_label=null_label, sigmas=sig)
     rep = bsh = None
     if mesh is not None:
         from diffjax.training import sharding

@@ -13,6 +13,27 @@ prepended as a token (DiMR / U-ViT style) and dropped before the output head.
 
 ``return_intermediates=True`` returns (out, [pred_1 .. pred_L]): the prediction of every block's tokens
 through the SAME final layer (the shared output head of DeeDiff / AdaDiff, Tang et al. 2023).
+
+Early exit (DeeDiff, Tang et al., arXiv 2309.17074; the official code is the AdaDiff release,
+Tangshengku/AdaDiff libs/uvit.py). ``early_exit=True`` adds one confidence module (UEM; AdaDiff's
+"LTE") after every block i = 1..L: c_i = unpatchify(sigmoid(Linear_i(sg[z_i]))), one confidence in
+(0, 1) per output pixel and channel, read from block i's patch tokens with the gradient stopped
+(sg: the backbone learns only through the predictions). Confidence, not uncertainty: c = 1 - u.
+    exit_threshold=None         the full network (no UEM computed): out = head(z_L)
+    exit_threshold=thr          run blocks until mean(c_i) > thr, the mean over the whole
+                                (B, H, W, C) map (one decision for the batch), then return head(z_i);
+                                the blocks after the exit are skipped (``nn.cond``: XLA does not
+                                execute them). Layer L never tests (exiting there is the full
+                                network). thr >= 1 never exits (c <= 1, the test is strict): the
+                                full network exactly (the uncertainty convention's tau = 1 - thr
+                                = 0); thr < 0 exits at the first eligible layer (block 1; block 2
+                                with patience). The number of blocks run is sown as
+                                ('intermediates', 'exit_layer'), an int32 scalar in 1..L.
+    return_confidences=True     (out, [pred_1 .. pred_L], [c_1 .. c_L]) for the DeeDiff loss.
+``exit_patience=True`` is AdaDiff's patience rule: in the first half (blocks 1..L//2) a layer exits
+only the second time the test holds (the first hit is remembered, never reset); from block
+L//2 + 1 on a hit exits at once. Off by default (the paper's rule).
+
 Published counts (latent 32x32x4, 1000 classes, learned sigma): S/2 33M, B/2 130M, L/2 458M, XL/2 675M.
 """
 from __future__ import annotations
@@ -25,7 +46,7 @@ import jax.numpy as jnp
 
 from diffjax.models.embeddings import LabelEmbedder, condition_embedding, sincos_2d
 from diffjax.models.layers import (AdaLNModulation, Mlp, SelfAttention, modulate, patchify,
-                                   plain_layer_norm, unpatchify, xavier, zeros)
+                                   plain_layer_norm, trunc002, unpatchify, xavier, zeros)
 from diffjax.models.tdln import TDLayerNorm, TDModulation, td_time
 
 Dtype = Any
@@ -84,6 +105,24 @@ class FinalLayer(nn.Module):
                         **kw)(x)
 
 
+class ConfidenceHead(nn.Module):
+    """DeeDiff's UEM (AdaDiff's LTE): patch tokens (B, N, D) -> sigmoid(Linear(sg[tokens])) ->
+    unpatchify -> (B, H, W, C) confidences in (0, 1). The input is detached (stop_gradient); no
+    timestep input (the released code drops the paper's Eq. 5 timestep term). Init as AdaDiff's
+    Linear: truncated normal(0.02) weights, zero bias, so every confidence starts near 0.5."""
+
+    patch_size: int
+    out_channels: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, gh: int, gw: int) -> jax.Array:
+        h = nn.Dense(self.patch_size ** 2 * self.out_channels, kernel_init=trunc002, name="linear",
+                     dtype=self.dtype, param_dtype=self.param_dtype)(jax.lax.stop_gradient(tokens))
+        return unpatchify(jax.nn.sigmoid(h.astype(jnp.float32)), self.patch_size, gh, gw)
+
+
 class DiT(nn.Module):
     """Diffusion Transformer. ``apply(v, x[B,H,W,C], noise_labels[B], labels=None, *, train)``."""
 
@@ -105,13 +144,16 @@ class DiT(nn.Module):
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
     guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
+    early_exit: bool = False          # DeeDiff: a confidence module (UEM) after every block
+    exit_patience: bool = False       # AdaDiff's patience rule in the first half (module doc)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
                  context: Optional[jax.Array] = None, *, train: bool = False,
-                 return_intermediates: bool = False, guidance: Optional[jax.Array] = None):
+                 return_intermediates: bool = False, guidance: Optional[jax.Array] = None,
+                 exit_threshold: Optional[jax.Array] = None, return_confidences: bool = False):
         if self.norm not in NORMS:
             raise ValueError(f"unknown norm {self.norm!r}; expected one of {NORMS}")
         b, hgt, wid, cin = x.shape
@@ -141,13 +183,62 @@ class DiT(nn.Module):
 
         final = FinalLayer(p, out_ch, self.norm, name="final_layer", **kw)
         head = lambda t: unpatchify(final(t[:, n_extra:], c, tau), p, gh, gw).astype(jnp.float32)
-        preds = []
+        block = lambda i: DiTBlock(self.num_heads, self.mlp_ratio, self.norm, self.dropout,
+                                   name=f"block_{i}", **kw)
+        # one UEM per block; its channels are the prediction's (without a learned-sigma half)
+        conf = lambda i, t: ConfidenceHead(p, self.out_channels or cin, name=f"uem_{i}", **kw)(
+            t[:, n_extra:], gh, gw)
+        if (exit_threshold is not None or return_confidences) and not self.early_exit:
+            raise ValueError("DiT got " + ("exit_threshold" if exit_threshold is not None else
+                             "return_confidences") + " but has no confidence modules: set its "
+                             "early_exit field (a DeeDiff student, diffjax/distill/early_exit.py)")
+        if exit_threshold is not None and not self.is_initializing():
+            if train or return_intermediates or return_confidences:
+                raise ValueError("DiT exit_threshold is an inference path: it takes no train=True, "
+                                 "return_intermediates or return_confidences")
+            return self._exit_early(z, block, conf, head, c, tau, exit_threshold)
+        with_conf = self.early_exit and (return_confidences or self.is_initializing())
+        preds, confs = [], []
         for i in range(self.depth):
-            z = DiTBlock(self.num_heads, self.mlp_ratio, self.norm, self.dropout, name=f"block_{i}",
-                         **kw)(z, c, tau, train)
-            if return_intermediates and i < self.depth - 1:
+            z = block(i)(z, c, tau, train)
+            if (return_intermediates or return_confidences) and i < self.depth - 1:
                 preds.append(head(z))
+            if with_conf:
+                confs.append(conf(i, z))
         out = head(z)
+        if return_confidences:
+            return out, preds + [out], confs
         if return_intermediates:
             return out, preds + [out]
         return out
+
+    def _exit_early(self, z, block, conf, head, c, tau, exit_threshold):
+        """The early-exit forward pass (module doc): block i + 1 runs under ``nn.cond`` only while no
+        earlier layer exited, so XLA executes none of the blocks after the exit (nor their UEMs);
+        the skipped blocks pass the tokens through unchanged, so head(z) at the end is the exit
+        layer's prediction. ``block``, ``conf`` and ``head`` are ``__call__``'s constructors of
+        its named submodules (block_i, uem_i, final_layer)."""
+        thr = jnp.asarray(exit_threshold, jnp.float32)
+        if thr.ndim:
+            raise ValueError(f"DiT exit_threshold must be a scalar (one exit for the whole batch); "
+                             f"got shape {thr.shape}")
+        half = self.depth // 2
+
+        def test(i, z, seen):
+            hit = jnp.mean(conf(i, z)) > thr
+            if self.exit_patience and i < half:
+                return hit & seen, seen | hit
+            return hit, seen
+
+        z = block(0)(z, c, tau, False)
+        done, seen = test(0, z, jnp.bool_(False)) if self.depth > 1 else (jnp.bool_(True),) * 2
+        ran = jnp.int32(1)
+        for i in range(1, self.depth):
+            def run(mdl, z, done, seen, i=i):
+                z = block(i)(z, c, tau, False)
+                return (z,) + (test(i, z, seen) if i < self.depth - 1 else (done, seen))
+
+            ran = ran + jnp.where(done, 0, 1).astype(jnp.int32)
+            z, done, seen = nn.cond(done, lambda mdl, *a: a, run, self, z, done, seen)
+        self.sow("intermediates", "exit_layer", ran)
+        return head(z)

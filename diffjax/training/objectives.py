@@ -23,7 +23,8 @@ and are checked against what it declares. An ``Objective`` holds pure functions:
     init_params(key, params) -> params                 None: train the model's fresh init; else
                                                        what training starts from, built from it:
                                                        another run's weights, or a new structure
-                                                       such as PPAP's {'base', 'experts'}
+                                                       such as PPAP's {'base', 'experts'} (then
+                                                       register it with new_param_structure=True)
 
 The train step (step.py) owns the params, their optimizer and EMAs; an objective owns ``extra``
 entirely. ``extra`` is part of the TrainState, so it is born sharded by the same rules as the params
@@ -59,12 +60,20 @@ class Objective(NamedTuple):
 
 
 OBJECTIVES: dict[str, tuple[Callable, dict]] = {}
+# Objectives whose ``init_params`` gives the params another structure than the model's (PPAP's
+# {'base', 'experts'}): loading such a run builds the objective to learn the structure. Every other
+# run loads with the model's own structure, without building its objective (a student never needs
+# its teacher's checkpoint to be sampled).
+NEW_PARAM_STRUCTURE: set[str] = set()
 
 
-def register(name: str, **fields):
-    """Decorator: ``@register('name', field=default, ...)`` over ``build(ctx) -> Objective``."""
+def register(name: str, *, new_param_structure: bool = False, **fields):
+    """Decorator: ``@register('name', field=default, ...)`` over ``build(ctx) -> Objective``;
+    ``new_param_structure=True`` when its ``init_params`` changes the params' structure."""
     def deco(fn):
         OBJECTIVES[name] = (fn, dict(fields))
+        if new_param_structure:
+            NEW_PARAM_STRUCTURE.add(name)
         return fn
     return deco
 

@@ -63,8 +63,8 @@ def load_teacher(fields: dict, model):
     return params
 
 
-@register("ppap", teacher_workdir="", teacher_params="", teacher_step=-1, experts=5,
-          sigma_min=0.002, sigma_max=80.0, rank=4, alpha=4.0, temperature=0.25)
+@register("ppap", new_param_structure=True, teacher_workdir="", teacher_params="", teacher_step=-1,
+          experts=5, sigma_min=0.002, sigma_max=80.0, rank=4, alpha=4.0, temperature=0.25)
 def ppap_objective(ctx: Context) -> Objective:
     f = ctx.fields
     n, rank = int(f["experts"]), int(f["rank"])

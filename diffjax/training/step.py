@@ -121,10 +121,12 @@ def build_objective(config, model, example_shape) -> objectives.Objective:
 
 def param_shapes(config, model, example_shape):
     """ShapeDtypeStructs of the params a run trains: the model's, or what its objective's
-    ``init_params`` makes of them (inference.load restores this structure). The default
-    objective is not built (it trains the model's own params; old run configs load unchanged)."""
-    obj = (None if objectives.section(config).get("name", "denoising") == "denoising"
-           else build_objective(config, model, example_shape))
+    ``init_params`` makes of them (inference.load restores this structure). Only an objective
+    registered with ``new_param_structure`` is built (the others train the model's own params;
+    old run configs load unchanged, a student loads without its teacher)."""
+    name = objectives.section(config).get("name", "denoising")
+    obj = (build_objective(config, model, example_shape)
+           if name in objectives.NEW_PARAM_STRUCTURE else None)
 
     def init(key):
         params = model.init(key, *example_inputs(model, example_shape))["params"]
