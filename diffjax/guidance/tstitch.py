@@ -65,7 +65,8 @@ def prepare(section, run):
     """(the small run's denoiser, its params), checked against the large ``run``."""
     small, name = other_runs.load(METHOD, "small_workdir", section["small_workdir"],
                                   section["small_params"], -1, run,
-                                  what="the small model's run", config_file="configs/digits_weak.py")
+                                  what="the small model's run",
+                                  config_file="configs/digits_weak.py")
     check_same_task(section["small_workdir"], small, run)
     return small.den, small.params[name]
 
