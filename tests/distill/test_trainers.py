@@ -53,7 +53,8 @@ def student_config(name, teacher_workdir, **overrides):
     return student.config_for(c, teacher_workdir)
 
 
-def _state(workdir, config):
+def _state(workdir, config, step=None):
+    """The train state saved in ``workdir`` at ``step`` (default: the latest), on host."""
     from diffjax.data import registry as data_registry
     from diffjax.models import registry as model_registry
     from diffjax.training import sharding
@@ -63,7 +64,7 @@ def _state(workdir, config):
     mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
     ts = step_lib.make_train_step(config, model, mesh, example_shape=source[0]["x"].shape)
     with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        return jax.device_get(ckpt.restore(ts.abstract_state))
+        return jax.device_get(ckpt.restore(ts.abstract_state, step=step))
 
 
 def _sigterm_resume_is_bit_exact(name, teacher, tmp_path):
@@ -93,24 +94,11 @@ def test_progressive_resume_is_bit_exact_and_each_halving_swaps_the_teacher(teac
     assert int(final.extra["step"]) == 4
     # at step 2 (the end of the first halving) the teacher became the 2-step student; the last
     # halving keeps it (no swap at the end of training)
-    at2 = _state_at(str(tmp_path / "ref"), student_config("progressive", teacher), 2)
+    at2 = _state(str(tmp_path / "ref"), student_config("progressive", teacher), 2)
     for t, p in zip(jax.tree.leaves(final.extra["teacher"]), jax.tree.leaves(at2.params)):
         np.testing.assert_array_equal(t, p)
     assert any(not np.array_equal(t, p) for t, p in
                zip(jax.tree.leaves(final.extra["teacher"]), jax.tree.leaves(final.params)))
-
-
-def _state_at(workdir, config, step):
-    from diffjax.data import registry as data_registry
-    from diffjax.models import registry as model_registry
-    from diffjax.training import sharding
-
-    source = data_registry.get_source(config.data)
-    model = model_registry.build_model(config.model)
-    mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
-    ts = step_lib.make_train_step(config, model, mesh, example_shape=source[0]["x"].shape)
-    with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True) as ckpt:
-        return jax.device_get(ckpt.restore(ts.abstract_state, step=step))
 
 
 @pytest.mark.slow
