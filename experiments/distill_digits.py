@@ -3,6 +3,7 @@ distilled students at 8/4/2/1 steps, every one judged by the teacher's evaluatio
 (Frechet distance of its features and class accuracy, 500 samples, guidance scale 3).
 
     python experiments/distill_digits.py [--workdir_root /tmp/diffjax_exp] [--quick]
+    python experiments/distill_digits.py --data shapes16 --workdir_root /tmp/diffjax_exp_shapes
 
 Students (each a `diffjax distill` run of configs/distill_*.py, reused when already trained):
     guided      Meng et al. 2023: stage 1 (w as input, configs/distill_guided.py), then stage 2
@@ -12,8 +13,8 @@ Students (each a `diffjax distill` run of configs/distill_*.py, reused when alre
     consistency consistency distillation of the guided teacher (1, 2, 4 steps)
     sim         score implicit matching of the guided teacher (1 step)
 Goal (issue 17): the 4-step guided student within 10% of the teacher's FD and accuracy at the
-same w, a 1-step student within 25%. Prints the table, writes ROOT/distill_digits.json and
-docs/distill_digits.png (FD against NFE).
+same w, a 1-step student within 25%. Prints the table, writes ROOT/distill_<data>.json and
+docs/distill_<data>.png (FD against NFE).
 """
 from __future__ import annotations
 
@@ -44,16 +45,19 @@ def _eval(workdir, teacher, *, steps, sampler, spacing, guidance, step=None, num
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir_root", default="/tmp/diffjax_exp")
-    ap.add_argument("--teacher", default=None, help="a trained configs/digits.py run (default: "
-                    "ROOT/digits, trained if missing)")
+    ap.add_argument("--data", default="digits", choices=["digits", "shapes16"],
+                    help="the teacher's recipe: configs/<data>.py")
+    ap.add_argument("--teacher", default=None, help="a trained configs/<data>.py run (default: "
+                    "ROOT/<data>, trained if missing)")
     ap.add_argument("--quick", action="store_true", help="fewer distillation steps (a smoke run)")
     ap.add_argument("--num", type=int, default=500)
-    ap.add_argument("--figure", default=os.path.join(ROOT, "docs", "distill_digits.png"))
+    ap.add_argument("--figure", default=None, help="default: docs/distill_<data>.png")
     args = ap.parse_args(argv)
     root = args.workdir_root
     os.makedirs(root, exist_ok=True)
-    teacher = args.teacher or os.path.join(root, "digits")
-    ensure_trained(teacher, "configs/digits.py")
+    teacher = args.teacher or os.path.join(root, args.data)
+    ensure_trained(teacher, f"configs/{args.data}.py")
+    figure = args.figure or os.path.join(ROOT, "docs", f"distill_{args.data}.png")
     q = args.quick
     steps = lambda n: f"--config.total_steps={n // 10 if q else n}"
     cfg = lambda name: f"configs/distill_{name}.py"
@@ -113,9 +117,9 @@ def main(argv=None):
         print(f"{r['method']:<26}{r['steps']:>6}{r['nfe']:>6}{r['fd']:>8.3f}"
               f"{100 * r['fd_rel']:>8.1f}{r['acc']:>7.3f}{100 * r['acc_rel']:>7.1f}"
               f"{r['seconds']:>7.1f}")
-    with open(os.path.join(root, "distill_digits.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(root, f"distill_{args.data}.json"), "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=1)
-    if args.figure:
+    if figure:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -131,8 +135,8 @@ def main(argv=None):
             a.set_title(key)
         ax[0].legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(args.figure, dpi=120)
-        print(f"figure: {args.figure}")
+        fig.savefig(figure, dpi=120)
+        print(f"figure: {figure}")
 
 
 if __name__ == "__main__":

@@ -117,7 +117,14 @@ def load(workdir: str, step: int | None = None, config=None, *,
     model = registry.build_model(config.model)
     process = step_lib.make_process(config.diffusion)
     den = step_lib.make_denoiser(config, model, process, example_shape)
-    tree = abstract_params(model, example_shape, sharding.replicated(mesh), config)
+    # a config asking for the other layer layout (scan_layers) than the run saved: restore in the
+    # saved layout, then convert (models/scan.py; exact)
+    saved_model = model
+    saved_cfg = load_config(workdir)
+    if bool(saved_cfg.model.get("scan_layers", False)) != bool(config.model.get("scan_layers",
+                                                                                False)):
+        saved_model = registry.build_model(saved_cfg.model)
+    tree = abstract_params(saved_model, example_shape, sharding.replicated(mesh), config)
     subset = {"params": tree} if "params" in names else {}
     emas = [n for n in names if n != "params"]
     if emas:
@@ -136,6 +143,9 @@ def load(workdir: str, step: int | None = None, config=None, *,
     if "params" in restored:
         out["params"] = restored["params"]
     out.update(restored.get("ema", {}))
+    if saved_model is not model:
+        from diffjax.models import scan
+        out = {k: scan.to_model(v, model) for k, v in out.items()}
     return Run(config=config, model=model, den=den, process=process, params=out, step=int(step),
                num_classes=step_lib.num_classes(model), example_shape=example_shape, mesh=mesh)
 

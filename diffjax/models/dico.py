@@ -15,6 +15,9 @@ dec1 and the final layer use the 2C condition. Sizes (C, depths, m): S 128 [5,4,
 B 256 (130.0M), L 352 [9,8,9,8,9] (463.9M), XL 416 [9,9,10,9,9] (701.2M), H 416 [14,12,10,12,14] 4.
 ``return_intermediates`` returns, for each dec1 block (the only stage at output width and
 resolution), its prediction through the shared final layer (DeeDiff-style).
+``remat`` rematerializes each block (models/remat.py); ``scan_layers=True`` runs each of the five
+stages as one ``nn.scan`` over stacked params '<stage>_blocks/block/...' (models/scan.py converts
+from '<stage>_i').
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models import remat as remat_lib
 from diffjax.models.embeddings import condition_embedding
 from diffjax.models.layers import (AdaLNModulation, modulate, pixel_shuffle, pixel_unshuffle,
                                    plain_layer_norm, xavier, zeros)
@@ -59,6 +63,28 @@ class DiCoBlock(nn.Module):
         return x + g2[:, None, None] * _conv(ch, 1, "ffn2", **kw)(h)
 
 
+class DiCoLayer(nn.Module):
+    """One step of the scan over a DiCo stage (``scan_layers``): carry h -> (h, h or None)."""
+
+    mlp_ratio: float
+    dropout: float
+    remat: str
+    train: bool
+    collect: bool
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, c):
+        cls = remat_lib.wrap(DiCoBlock, self.remat, (3,), scanned=True)
+        h = cls(self.mlp_ratio, self.dropout, name="block", dtype=self.dtype,
+                param_dtype=self.param_dtype)(h, c, self.train)
+        return h, (h if self.collect else None)
+
+
+STAGES = ("enc1", "enc2", "mid", "dec2", "dec1")
+
+
 class DiCoFinalLayer(nn.Module):
     out_channels: int
     dtype: Dtype = jnp.float32
@@ -88,8 +114,14 @@ class DiCo(nn.Module):
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
     guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
+    remat: str = "none"               # per-block rematerialization policy (models/remat.py)
+    scan_layers: bool = False         # each stage as one nn.scan over stacked params
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def scan_layout(self) -> dict:
+        """The stacked <-> per-block parameter layout (``models/scan.py``)."""
+        return {f"{st}_blocks/block": (f"{st}_", range(n)) for st, n in zip(STAGES, self.depths)}
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
@@ -109,9 +141,21 @@ class DiCo(nn.Module):
                                           guidance=guidance)
                       for k, width in enumerate((C, 2 * C, 4 * C)))
 
+        remat_lib.check(self.remat)
+        block = remat_lib.wrap(DiCoBlock, self.remat, (3,))
+
+        def scanned(h, n, c, name, collect=False):
+            Scan = nn.scan(DiCoLayer, variable_axes={"params": 0},
+                           split_rngs={"params": True, "dropout": True},
+                           in_axes=(nn.broadcast,), length=n)
+            return Scan(self.mlp_ratio, self.dropout, self.remat, bool(train), collect,
+                        name=f"{name}_blocks", **kw)(h, c)
+
         def stage(h, n, c, name):
+            if self.scan_layers:
+                return scanned(h, n, c, name)[0]
             for i in range(n):
-                h = DiCoBlock(self.mlp_ratio, self.dropout, name=f"{name}_{i}", **kw)(h, c, train)
+                h = block(self.mlp_ratio, self.dropout, name=f"{name}_{i}", **kw)(h, c, train)
             return h
 
         down = lambda h, name: pixel_unshuffle(_conv(h.shape[-1] // 2, 3, name, bias=False, **kw)(h), 2)
@@ -126,9 +170,16 @@ class DiCo(nn.Module):
         h = _conv(2 * C, 1, "reduce1", **kw)(jnp.concatenate([up(h, "up1"), e1], -1))
 
         final = DiCoFinalLayer(out_ch, name="final_layer", **kw)
+        if self.scan_layers:
+            h, hs = scanned(h, self.depths[4], c2, "dec1", return_intermediates)
+            out = final(h, c2).astype(jnp.float32)
+            if return_intermediates:
+                return out, [final(hs[i], c2).astype(jnp.float32)
+                             for i in range(self.depths[4] - 1)] + [out]
+            return out
         preds = []
         for i in range(self.depths[4]):
-            h = DiCoBlock(self.mlp_ratio, self.dropout, name=f"dec1_{i}", **kw)(h, c2, train)
+            h = block(self.mlp_ratio, self.dropout, name=f"dec1_{i}", **kw)(h, c2, train)
             if return_intermediates and i < self.depths[4] - 1:
                 preds.append(final(h, c2).astype(jnp.float32))
         out = final(h, c2).astype(jnp.float32)

@@ -17,7 +17,10 @@ Training loss (DiMR): sum_r c_r mean|eps_r - down_r(eps)|^2, c = (1/4, 1), down_
 Outputs: ``apply(...)`` -> last (highest-resolution) branch's eps (same shape as x).
 ``return_multiscale=True`` -> (out, [eps_1 .. eps_R]) for the multi-scale loss.
 ``return_intermediates=True`` -> (out, [pred per block of the LAST branch through its shared output
-head]) (DeeDiff-style). XL/2R (960/1920/16 heads/39 blocks; 480/960/k7/21 blocks) = 505M params.
+head]) (DeeDiff-style). ``remat`` rematerializes every block (models/remat.py); ``scan_layers=True``
+runs each branch's first and last halves of blocks as two ``nn.scan``s over stacked params
+('branch_r/in_blocks/block', 'branch_r/out_blocks/{skip,block}'; the middle block stays
+'branch_r/block_h'; models/scan.py converts from the per-block layout). XL/2R (960/1920/16 heads/39 blocks; 480/960/k7/21 blocks) = 505M params.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import kernels
+from diffjax.models import remat as remat_lib
 from diffjax.models.embeddings import cep_labelled, resolve_labels
 from diffjax.models.layers import trunc002
 from diffjax.models.tdln import TDLayerNorm, TDRMSNorm, td_time
@@ -82,6 +86,32 @@ class DiMRBlock(nn.Module):
         return x + drop(h)
 
 
+class DiMRLayer(nn.Module):
+    """One step of a scan over a branch's half of blocks (``scan_layers``): carry z, scanned input
+    the long-skip tensor of the mirrored block (out half) or None (in half) -> (z, z)."""
+
+    block_type: str
+    mlp_dim: int
+    num_heads: int
+    kernel_size: int
+    dropout: float
+    remat: str
+    train: bool
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z, skip, tau):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if skip is not None:
+            z = nn.Dense(z.shape[-1], kernel_init=trunc002, name="skip", **kw)(
+                jnp.concatenate([z, skip], axis=-1))
+        z = remat_lib.wrap(DiMRBlock, self.remat, (3,), scanned=True)(
+            self.block_type, self.mlp_dim, self.num_heads, self.kernel_size, self.dropout,
+            name="block", **kw)(z, tau, self.train)
+        return z, z
+
+
 def area_downsample(x: jax.Array, r: int) -> jax.Array:
     """r x r average pooling of (B, H, W, C) (DiMR's EvenDownInterpolate, 'area' mode)."""
     return x if r == 1 else nn.avg_pool(x, (r, r), strides=(r, r))
@@ -107,6 +137,8 @@ class DiMRBranch(nn.Module):
     cep_kind: str = "uniform"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    remat: str = "none"
+    scan_layers: bool = False
 
     @nn.compact
     def __call__(self, x, tau, labels, lowres, train: bool = False,
@@ -148,20 +180,47 @@ class DiMRBranch(nn.Module):
         head = lambda t: out_conv(norm_out(grid(t), tau)).astype(jnp.float32)
 
         half = self.num_blocks // 2
-        feats, skips, preds = [z], [], []
-        for i in range(2 * half + 1):
-            if i > half:
-                z = nn.Dense(d, kernel_init=trunc002, name=f"skip_{i - half - 1}", **kw)(
-                    jnp.concatenate([z, skips.pop()], axis=-1))
-            z = DiMRBlock(self.block_type, self.mlp_dim, self.num_heads, self.kernel_size,
-                          self.dropout, name=f"block_{i}", **kw)(z, tau, train)
-            if i < half:
-                skips.append(z)
-            feats.append(z)
-            if return_intermediates and i < 2 * half:
-                preds.append(head(z))
+        block = remat_lib.wrap(DiMRBlock, self.remat, (3,))
+        mk = lambda i: block(self.block_type, self.mlp_dim, self.num_heads, self.kernel_size,
+                             self.dropout, name=f"block_{i}", **kw)
+        if self.scan_layers:
+            feats = self._scanned(z, tau, train, half, mk)
+            z = feats[-1]
+        else:
+            feats, skips = [z], []
+            for i in range(2 * half + 1):
+                if i > half:
+                    z = nn.Dense(d, kernel_init=trunc002, name=f"skip_{i - half - 1}", **kw)(
+                        jnp.concatenate([z, skips.pop()], axis=-1))
+                z = mk(i)(z, tau, train)
+                if i < half:
+                    skips.append(z)
+                feats.append(z)
+        preds = [head(f) for f in feats[1:-1]] if return_intermediates else []
         out = head(z)
         return out, jnp.concatenate([grid(f) for f in feats], axis=-1), preds + [out]
+
+    def _scanned(self, z, tau, train, half, mk):
+        """[input, block_0 .. block_2h outputs] with each half of blocks as one ``nn.scan``."""
+        def scan(name, xs):
+            in_axes = (nn.broadcast if xs is None else 0, nn.broadcast)
+            Scan = nn.scan(DiMRLayer, variable_axes={"params": 0},
+                           split_rngs={"params": True, "dropout": True}, in_axes=in_axes,
+                           length=half)
+            return Scan(self.block_type, self.mlp_dim, self.num_heads, self.kernel_size,
+                        self.dropout, self.remat, bool(train), name=name, dtype=self.dtype,
+                        param_dtype=self.param_dtype)(z, xs, tau)
+
+        feats = [z]
+        if half:
+            z, ins = scan("in_blocks", None)
+            feats += [ins[i] for i in range(half)]
+        z = mk(half)(z, tau, train)
+        feats.append(z)
+        if half:
+            z, outs = scan("out_blocks", ins[::-1])
+            feats += [outs[i] for i in range(half)]
+        return feats
 
 
 class DiMR(nn.Module):
@@ -185,8 +244,21 @@ class DiMR(nn.Module):
     td_time_shift: float = -1.0
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
+    remat: str = "none"               # per-block rematerialization policy (models/remat.py)
+    scan_layers: bool = False         # each branch's halves of blocks as nn.scan (module doc)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def scan_layout(self) -> dict:
+        """The stacked <-> per-block parameter layout (``models/scan.py``)."""
+        out = {}
+        for r, n in enumerate(self.num_blocks):
+            h, b = n // 2, f"branch_{r}/"
+            if h:
+                out[b + "in_blocks/block"] = (b + "block_", range(h))
+                out[b + "out_blocks/skip"] = (b + "skip_", range(h))
+                out[b + "out_blocks/block"] = (b + "block_", range(h + 1, 2 * h + 1))
+        return out
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
@@ -212,7 +284,7 @@ class DiMR(nn.Module):
                 self.patch_sizes[r], self.input_ratios[r], self.max_size // scale, out_ch,
                 self.num_heads, self.kernel_size, self.final_kernel_size, self.num_classes,
                 self.dropout, self.cep_gamma, self.cep_kind, self.dtype, self.param_dtype,
-                name=f"branch_{r}")
+                remat=self.remat, scan_layers=self.scan_layers, name=f"branch_{r}")
             out, lowres, preds = branch(x, tau, labels, lowres, train,
                                         return_intermediates and r == n - 1)
             outs.append(out)

@@ -34,6 +34,12 @@ Tangshengku/AdaDiff libs/uvit.py). ``early_exit=True`` adds one confidence modul
 only the second time the test holds (the first hit is remembered, never reset); from block
 L//2 + 1 on a hit exits at once. Off by default (the paper's rule).
 
+Scale (issue 18): ``remat`` rematerializes every block by a ``models/remat.py`` policy;
+``scan_layers=True`` runs the L blocks (and their UEMs) as one ``nn.scan`` over stacked params
+('blocks/block/...', 'blocks/uem/...' with a leading axis L; ``models/scan.py`` converts to and from
+the per-block 'block_i' layout). Every path (plain, intermediates, confidences, early exit) works in
+both forms and gives the same outputs for converted params.
+
 Published counts (latent 32x32x4, 1000 classes, learned sigma): S/2 33M, B/2 130M, L/2 458M, XL/2 675M.
 """
 from __future__ import annotations
@@ -44,6 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models import remat as remat_lib
 from diffjax.models.embeddings import LabelEmbedder, condition_embedding, sincos_2d
 from diffjax.models.layers import (AdaLNModulation, Mlp, SelfAttention, modulate, patchify,
                                    plain_layer_norm, trunc002, unpatchify, xavier, zeros)
@@ -123,6 +130,61 @@ class ConfidenceHead(nn.Module):
         return unpatchify(jax.nn.sigmoid(h.astype(jnp.float32)), self.patch_size, gh, gw)
 
 
+class DiTLayer(nn.Module):
+    """One step of the scan over DiT's blocks (``scan_layers``): block i and its UEM, named 'block'
+    and 'uem' inside the scanned 'blocks' so their params stack along axis 0.
+    mode 'plain': carry z -> (z, None); 'collect': -> (z, (z, confidence or None)) for the
+    intermediates / DeeDiff loss; 'exit': carry (z, done, seen, ran) -> the early-exit rule of
+    ``DiT._exit_early`` with the layer index i as the scanned input (``nn.cond`` skips the block)."""
+
+    num_heads: int
+    mlp_ratio: float
+    norm: str
+    dropout: float
+    remat: str
+    train: bool
+    mode: str
+    with_conf: bool
+    patch_size: int
+    conf_channels: int
+    n_extra: int
+    grid: tuple
+    depth: int
+    exit_patience: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    def _block(self):
+        cls = remat_lib.wrap(DiTBlock, self.remat, (4,), scanned=True)
+        return cls(self.num_heads, self.mlp_ratio, self.norm, self.dropout, name="block",
+                   dtype=self.dtype, param_dtype=self.param_dtype)
+
+    def _conf(self, z):
+        return ConfidenceHead(self.patch_size, self.conf_channels, name="uem", dtype=self.dtype,
+                              param_dtype=self.param_dtype)(z[:, self.n_extra:], *self.grid)
+
+    @nn.compact
+    def __call__(self, carry, i, c, tau, thr):
+        if self.mode != "exit":
+            z = self._block()(carry, c, tau, self.train)
+            conf = self._conf(z) if self.with_conf else None
+            return z, ((z, conf) if self.mode == "collect" else None)
+        z, done, seen, ran = carry
+        half, last = self.depth // 2, i == self.depth - 1
+
+        def run(mdl, z, done, seen):
+            z = self._block()(z, c, tau, False)
+            hit = jnp.mean(self._conf(z)) > thr
+            if self.exit_patience:
+                hit, seen = jnp.where(i < half, hit & seen, hit), jnp.where(i < half, seen | hit,
+                                                                           seen)
+            return z, jnp.where(last, done, hit), seen
+
+        ran = ran + jnp.where(done, 0, 1).astype(jnp.int32)
+        z, done, seen = nn.cond(done, lambda mdl, *a: a, run, self, z, done, seen)
+        return (z, done, seen, ran), None
+
+
 class DiT(nn.Module):
     """Diffusion Transformer. ``apply(v, x[B,H,W,C], noise_labels[B], labels=None, *, train)``."""
 
@@ -146,8 +208,17 @@ class DiT(nn.Module):
     guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
     early_exit: bool = False          # DeeDiff: a confidence module (UEM) after every block
     exit_patience: bool = False       # AdaDiff's patience rule in the first half (module doc)
+    remat: str = "none"               # per-block rematerialization policy (models/remat.py)
+    scan_layers: bool = False         # the blocks as one nn.scan over stacked params
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def scan_layout(self) -> dict:
+        """The stacked <-> per-block parameter layout (``models/scan.py``)."""
+        out = {"blocks/block": ("block_", range(self.depth))}
+        if self.early_exit:
+            out["blocks/uem"] = ("uem_", range(self.depth))
+        return out
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
@@ -183,8 +254,9 @@ class DiT(nn.Module):
 
         final = FinalLayer(p, out_ch, self.norm, name="final_layer", **kw)
         head = lambda t: unpatchify(final(t[:, n_extra:], c, tau), p, gh, gw).astype(jnp.float32)
-        block = lambda i: DiTBlock(self.num_heads, self.mlp_ratio, self.norm, self.dropout,
-                                   name=f"block_{i}", **kw)
+        remat_lib.check(self.remat)
+        block = lambda i: remat_lib.wrap(DiTBlock, self.remat, (4,))(
+            self.num_heads, self.mlp_ratio, self.norm, self.dropout, name=f"block_{i}", **kw)
         # one UEM per block; its channels are the prediction's (without a learned-sigma half)
         conf = lambda i, t: ConfidenceHead(p, self.out_channels or cin, name=f"uem_{i}", **kw)(
             t[:, n_extra:], gh, gw)
@@ -196,8 +268,21 @@ class DiT(nn.Module):
             if train or return_intermediates or return_confidences:
                 raise ValueError("DiT exit_threshold is an inference path: it takes no train=True, "
                                  "return_intermediates or return_confidences")
+            if self.scan_layers:
+                return self._scan(z, c, tau, "exit", train, False, n_extra, (gh, gw), head,
+                                  self.out_channels or cin, exit_threshold)
             return self._exit_early(z, block, conf, head, c, tau, exit_threshold)
         with_conf = self.early_exit and (return_confidences or self.is_initializing())
+        if self.scan_layers:
+            collect = return_intermediates or return_confidences
+            out = self._scan(z, c, tau, "collect" if collect else "plain", train, with_conf,
+                             n_extra, (gh, gw), head, self.out_channels or cin)
+            if not collect:
+                return out
+            out, preds, confs = out
+            if return_confidences:
+                return out, preds, confs
+            return out, preds
         preds, confs = [], []
         for i in range(self.depth):
             z = block(i)(z, c, tau, train)
@@ -211,6 +296,35 @@ class DiT(nn.Module):
         if return_intermediates:
             return out, preds + [out]
         return out
+
+    def _scan(self, z, c, tau, mode, train, with_conf, n_extra, grid, head, conf_ch, thr=None):
+        """The blocks as one ``nn.scan`` of ``DiTLayer`` (``scan_layers``). Returns head(z_L); in
+        mode 'collect' (out, [pred_1 .. pred_L], [c_1 .. c_L] or []); in mode 'exit' the early-exit
+        prediction (sowing 'exit_layer' like the unrolled path)."""
+        Scan = nn.scan(DiTLayer, variable_axes={"params": 0},
+                       split_rngs={"params": True, "dropout": True},
+                       in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth)
+        layers = Scan(self.num_heads, self.mlp_ratio, self.norm, self.dropout, self.remat,
+                      bool(train), mode, with_conf, self.patch_size, conf_ch, n_extra, grid,
+                      self.depth, self.exit_patience, name="blocks", dtype=self.dtype,
+                      param_dtype=self.param_dtype)
+        idx = jnp.arange(self.depth)
+        if mode == "exit":
+            thr = jnp.asarray(thr, jnp.float32)
+            if thr.ndim:
+                raise ValueError(f"DiT exit_threshold must be a scalar (one exit for the whole "
+                                 f"batch); got shape {thr.shape}")
+            carry = (z, jnp.bool_(False), jnp.bool_(False), jnp.int32(0))
+            (z, _, _, ran), _ = layers(carry, idx, c, tau, thr)
+            self.sow("intermediates", "exit_layer", ran)
+            return head(z)
+        z, ys = layers(z, idx, c, tau, None)
+        out = head(z)
+        if mode == "plain":
+            return out
+        zs, cs = ys
+        preds = [head(zs[i]) for i in range(self.depth - 1)] + [out]
+        return out, preds, ([cs[i] for i in range(self.depth)] if with_conf else [])
 
     def _exit_early(self, z, block, conf, head, c, tau, exit_threshold):
         """The early-exit forward pass (module doc): block i + 1 runs under ``nn.cond`` only while no

@@ -12,6 +12,8 @@ Context (B, M, context_dim) (e.g. T5 tokens) passes a caption MLP (context_dim -
 paper keeps a fixed random buffer, here it is a parameter). ``context_mask`` (B, M) marks valid
 tokens. CEP (train, cep_gamma > 0) perturbs the class embedding and the projected context tokens.
 ``return_intermediates`` returns every block's prediction through the shared final layer (DeeDiff).
+``remat`` rematerializes each block (models/remat.py); ``scan_layers=True`` runs the blocks as one
+``nn.scan`` over stacked params 'blocks/block/...' (models/scan.py converts from 'block_i').
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models import remat as remat_lib
 from diffjax.models.embeddings import cep_perturb, condition_embedding, sincos_2d
 from diffjax.models.layers import (CrossAttention, Mlp, SelfAttention, modulate, normal002,
                                    patchify, plain_layer_norm, unpatchify, xavier, zeros)
@@ -54,6 +57,26 @@ class PixArtBlock(nn.Module):
         h = modulate(plain_layer_norm(self.dtype)(x), s2, sc2)
         return x + g2[:, None] * Mlp(int(d * self.mlp_ratio), dropout=self.dropout, name="mlp",
                                      **kw)(h, train)
+
+
+class PixArtLayer(nn.Module):
+    """One step of the scan over PixArt's blocks (``scan_layers``): carry z -> (z, z or None)."""
+
+    num_heads: int
+    mlp_ratio: float
+    dropout: float
+    remat: str
+    train: bool
+    collect: bool
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, z, t0, ctx, mask):
+        cls = remat_lib.wrap(PixArtBlock, self.remat, (5,), scanned=True)
+        z = cls(self.num_heads, self.mlp_ratio, self.dropout, name="block", dtype=self.dtype,
+                param_dtype=self.param_dtype)(z, t0, ctx, mask, self.train)
+        return z, (z if self.collect else None)
 
 
 class PixArtFinalLayer(nn.Module):
@@ -94,8 +117,14 @@ class PixArt(nn.Module):
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
     guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
+    remat: str = "none"               # per-block rematerialization policy (models/remat.py)
+    scan_layers: bool = False         # the blocks as one nn.scan over stacked params
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def scan_layout(self) -> dict:
+        """The stacked <-> per-block parameter layout (``models/scan.py``)."""
+        return {"blocks/block": ("block_", range(self.depth))}
 
     @nn.compact
     def __call__(self, x: jax.Array, noise_labels: jax.Array, labels: Optional[jax.Array] = None,
@@ -131,9 +160,21 @@ class PixArt(nn.Module):
 
         final = PixArtFinalLayer(p, out_ch, name="final_layer", **kw)
         head = lambda u: unpatchify(final(u, t), p, gh, gw).astype(jnp.float32)
+        remat_lib.check(self.remat)
+        if self.scan_layers:
+            Scan = nn.scan(PixArtLayer, variable_axes={"params": 0},
+                           split_rngs={"params": True, "dropout": True},
+                           in_axes=(nn.broadcast,) * 3, length=self.depth)
+            z, zs = Scan(self.num_heads, self.mlp_ratio, self.dropout, self.remat, bool(train),
+                         return_intermediates, name="blocks", **kw)(z, t0, ctx, context_mask)
+            out = head(z)
+            if return_intermediates:
+                return out, [head(zs[i]) for i in range(self.depth - 1)] + [out]
+            return out
+        block = remat_lib.wrap(PixArtBlock, self.remat, (5,))
         preds = []
         for i in range(self.depth):
-            z = PixArtBlock(self.num_heads, self.mlp_ratio, self.dropout, name=f"block_{i}", **kw)(
+            z = block(self.num_heads, self.mlp_ratio, self.dropout, name=f"block_{i}", **kw)(
                 z, t0, ctx, context_mask, train)
             if return_intermediates and i < self.depth - 1:
                 preds.append(head(z))

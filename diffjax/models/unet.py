@@ -9,6 +9,8 @@ Nichol 2021, "Diffusion Models Beat GANs", Appendix A), for any spatial rank (im
 Attention runs where the current spatial size is in ``attn_resolutions`` (absolute sizes, e.g. (16,)
 for a 32x32 input). DDPM = additive embedding + conv resampling; ADM = scale-shift norm, BigGAN
 up/down ResBlocks, 64-channel heads. ``mask_channels`` > 0 concatenates an observed-mask input.
+``remat`` rematerializes every ResBlock and attention block (models/remat.py). The U-Net has no
+scan form: its blocks change width and resolution from one to the next.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from diffjax.models import remat as remat_lib
 from diffjax.models.embeddings import condition_embedding
 from diffjax.models.unet_blocks import (AttentionBlock, Downsample, ResBlock, Upsample, conv,
                                         group_norm)
@@ -47,6 +50,7 @@ class UNet(nn.Module):
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
     guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
+    remat: str = "none"               # per-block rematerialization policy (models/remat.py)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -82,8 +86,10 @@ class UNet(nn.Module):
                                   kernel_init=nn.initializers.lecun_normal(),
                                   names=("time_embed", "label_embed"), guidance=guidance)
 
-        res = lambda c, **a: ResBlock(c, self.dropout, self.use_scale_shift_norm, **a, **kw)
-        attn = lambda: AttentionBlock(self.num_heads, self.num_head_channels, **kw)
+        Res = remat_lib.wrap(ResBlock, self.remat, (3,))
+        Attn = remat_lib.wrap(AttentionBlock, self.remat)
+        res = lambda c, **a: Res(c, self.dropout, self.use_scale_shift_norm, **a, **kw)
+        attn = lambda: Attn(self.num_heads, self.num_head_channels, **kw)
         h = conv(ch, nd, name="conv_in", **kw)(h)
         hs = [h]
         for level, mult in enumerate(self.channel_mult):
