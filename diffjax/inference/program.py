@@ -107,7 +107,10 @@ def _build(den, process, sampler, steps, spacing, batch, example_shape, static, 
 
     if mesh is None:
         jitted = jax.jit(fn)
-    else:   # params: wherever they are (replicated by load, FSDP-sharded by the train step)
+    else:   # traced under the mesh, so the models' activation constraints resolve
+        # (models/partitioning.py); params: wherever they are (replicated by load, FSDP-sharded
+        # by the train step)
+        fn = sharding.tracing_mesh(fn, mesh)
         jitted = jax.jit(fn, in_shardings=(None, rep, bsh, rep, rep, rep, None, bsh),
                          out_shardings=bsh)
     return Program(fn=jitted, batch=batch, example_shape=example_shape, sigmas=sig, mesh=mesh,

@@ -34,7 +34,8 @@ import jax.numpy as jnp
 from diffjax import kernels
 from diffjax.models import remat as remat_lib
 from diffjax.models.embeddings import cep_labelled, resolve_labels
-from diffjax.models.layers import trunc002
+from diffjax.models.layers import heads, hidden, trunc002
+from diffjax.models.partitioning import gathered
 from diffjax.models.tdln import TDLayerNorm, TDRMSNorm, td_time
 
 Dtype = Any
@@ -49,9 +50,11 @@ class GatedMLP(nn.Module):
     @nn.compact
     def __call__(self, h):
         dense = lambda n, name: nn.Dense(n, kernel_init=trunc002, name=name, dtype=self.dtype,
-                                         param_dtype=self.param_dtype)
-        return dense(h.shape[-1], "w2")(nn.gelu(dense(self.hidden, "w0")(h), approximate=False)
-                                        * dense(self.hidden, "w1")(h))
+                                         param_dtype=self.param_dtype,
+                                         dot_general=gathered("row" if name == "w2" else "col"))
+        return dense(h.shape[-1], "w2")(hidden(nn.gelu(dense(self.hidden, "w0")(h),
+                                                       approximate=False)
+                                               * dense(self.hidden, "w1")(h)))
 
 
 class DiMRBlock(nn.Module):
@@ -72,11 +75,12 @@ class DiMRBlock(nn.Module):
         drop = nn.Dropout(self.dropout, deterministic=not train)
         if self.block_type == "transformer":
             h = TDRMSNorm(name="norm1", **kw)(x, tau)
-            qkv = nn.Dense(3 * d, use_bias=False, kernel_init=trunc002, name="qkv", **kw)(h)
-            q, k, v = einops.rearrange(qkv, "b l (three h e) -> three b l h e", three=3,
-                                       h=self.num_heads)
-            h = einops.rearrange(kernels.attention(q, k, v), "b l h e -> b l (h e)")
-            h = nn.Dense(d, kernel_init=trunc002, name="proj", **kw)(h)
+            qkv = nn.Dense(3 * d, use_bias=False, kernel_init=trunc002, name="qkv",
+                           dot_general=gathered("col"), **kw)(h)
+            q, k, v = (heads(a) for a in einops.rearrange(
+                qkv, "b l (three h e) -> three b l h e", three=3, h=self.num_heads))
+            h = einops.rearrange(heads(kernels.attention(q, k, v)), "b l h e -> b l (h e)")
+            h = nn.Dense(d, kernel_init=trunc002, name="proj", dot_general=gathered("row"), **kw)(h)
         else:
             k = self.kernel_size
             h = nn.Conv(d, (k, k), padding=[(k // 2, k // 2)] * 2, feature_group_count=d,

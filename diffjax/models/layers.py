@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import kernels
+from diffjax.models.partitioning import constrain, gathered, gathered_dot
 
 Dtype = Any
 
@@ -34,6 +35,16 @@ def expand_like(v: jax.Array, x: jax.Array) -> jax.Array:
     return v.reshape(v.shape[:1] + (1,) * (x.ndim - 2) + v.shape[1:])
 
 
+def heads(x: jax.Array) -> jax.Array:
+    """(B, L, H, d) split by batch and by heads over the 'tensor' axis, when a mesh is set."""
+    return constrain(x, "batch", None, "tensor", None)
+
+
+def hidden(x: jax.Array) -> jax.Array:
+    """(B, ..., F) hidden units split by batch and over the 'tensor' axis, when a mesh is set."""
+    return constrain(x, "batch", *([None] * (x.ndim - 2)), "tensor")
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention on tokens (B, L, D): fused qkv projection, output projection."""
 
@@ -48,11 +59,12 @@ class SelfAttention(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         d = x.shape[-1]
         qkv = nn.Dense(3 * d, use_bias=self.qkv_bias, kernel_init=self.kernel_init, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name="qkv")(x)
-        q, k, v = einops.rearrange(qkv, "b l (three h d) -> three b l h d", three=3, h=self.num_heads)
-        out = einops.rearrange(kernels.attention(q, k, v), "b l h d -> b l (h d)")
+                       param_dtype=self.param_dtype, name="qkv", dot_general=gathered("col"))(x)
+        q, k, v = (heads(a) for a in einops.rearrange(qkv, "b l (three h d) -> three b l h d",
+                                                      three=3, h=self.num_heads))
+        out = einops.rearrange(heads(kernels.attention(q, k, v)), "b l h d -> b l (h d)")
         return nn.Dense(d, kernel_init=zeros if self.zero_out else self.kernel_init, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="proj")(out)
+                        param_dtype=self.param_dtype, name="proj", dot_general=gathered("row"))(out)
 
 
 class CrossAttention(nn.Module):
@@ -67,12 +79,14 @@ class CrossAttention(nn.Module):
     def __call__(self, x: jax.Array, context: jax.Array,
                  mask: Optional[jax.Array] = None) -> jax.Array:
         d = x.shape[-1]
-        dense = lambda n, name, init=xavier: nn.Dense(n, kernel_init=init, dtype=self.dtype,
-                                                      param_dtype=self.param_dtype, name=name)
-        q = einops.rearrange(dense(d, "q")(x), "b l (h d) -> b l h d", h=self.num_heads)
+        dense = lambda n, name, init=xavier: nn.Dense(
+            n, kernel_init=init, dtype=self.dtype, param_dtype=self.param_dtype, name=name,
+            dot_general=gathered("row" if name == "proj" else "col"))
+        q = heads(einops.rearrange(dense(d, "q")(x), "b l (h d) -> b l h d", h=self.num_heads))
         kv = dense(2 * d, "kv")(context)
-        k, v = einops.rearrange(kv, "b m (two h d) -> two b m h d", two=2, h=self.num_heads)
-        out = einops.rearrange(kernels.attention(q, k, v, mask), "b l h d -> b l (h d)")
+        k, v = (heads(a) for a in einops.rearrange(kv, "b m (two h d) -> two b m h d", two=2,
+                                                   h=self.num_heads))
+        out = einops.rearrange(heads(kernels.attention(q, k, v, mask)), "b l h d -> b l (h d)")
         return dense(d, "proj", zeros if self.zero_out else xavier)(out)
 
 
@@ -90,11 +104,11 @@ class Mlp(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         out = self.out or x.shape[-1]
         h = nn.Dense(self.hidden, kernel_init=xavier, dtype=self.dtype, param_dtype=self.param_dtype,
-                     name="fc1")(x)
-        h = nn.gelu(h, approximate=True)
+                     name="fc1", dot_general=gathered("col"))(x)
+        h = hidden(nn.gelu(h, approximate=True))
         h = nn.Dropout(self.dropout, deterministic=not train)(h)
         return nn.Dense(out, kernel_init=zeros if self.zero_out else xavier, dtype=self.dtype,
-                        param_dtype=self.param_dtype, name="fc2")(h)
+                        param_dtype=self.param_dtype, name="fc2", dot_general=gathered("row"))(h)
 
 
 class AdaLNModulation(nn.Module):
@@ -107,9 +121,14 @@ class AdaLNModulation(nn.Module):
 
     @nn.compact
     def __call__(self, c: jax.Array):
+        # FSDP in its plain form: the (small) condition stays split by batch and whole along its
+        # features, the kernel is gathered before the matmul, so the output is batch-split and
+        # its split into n chunks needs no all-to-all (XLA otherwise moves the activations
+        # between batch- and feature-split layouts in every block; models/partitioning.py)
+        c = constrain(nn.silu(c), "batch", None)
         h = nn.Dense(self.n * self.features, kernel_init=zeros, dtype=self.dtype,
-                     param_dtype=self.param_dtype, name="linear")(nn.silu(c))
-        return jnp.split(h, self.n, axis=-1)
+                     param_dtype=self.param_dtype, name="linear", dot_general=gathered_dot)(c)
+        return jnp.split(constrain(h, "batch", None), self.n, axis=-1)
 
 
 def plain_layer_norm(dtype: Dtype, eps: float = 1e-6, name: Optional[str] = None) -> nn.LayerNorm:

@@ -27,6 +27,7 @@ from diffjax.models import remat as remat_lib
 from diffjax.models.embeddings import cep_perturb, condition_embedding, sincos_2d
 from diffjax.models.layers import (CrossAttention, Mlp, SelfAttention, modulate, normal002,
                                    patchify, plain_layer_norm, unpatchify, xavier, zeros)
+from diffjax.models.partitioning import constrain, gathered_dot
 
 Dtype = Any
 
@@ -142,7 +143,9 @@ class PixArt(nn.Module):
         z = nn.Dense(d, kernel_init=xavier, name="x_embedder", **kw)(patchify(x.astype(self.dtype), p))
         z = z + sincos_2d(gh, gw, d, self.pe_scale).astype(self.dtype)[None]
         t = condition_embedding(self, d, noise_labels, labels, train, guidance=guidance)
-        t0 = nn.Dense(6 * d, kernel_init=normal002, name="t_block", **kw)(nn.silu(t))
+        t0 = nn.Dense(6 * d, kernel_init=normal002, name="t_block", dot_general=gathered_dot,
+                      **kw)(constrain(nn.silu(t), "batch", None))
+        t0 = constrain(t0, "batch", None)          # gathered once, not split in every block
 
         null = context is None
         if null:

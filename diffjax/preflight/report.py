@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import time
 from typing import Any, Sequence
 
 import jax
@@ -36,6 +37,7 @@ class Compiled:
     bytes_accessed: float
     optimal_seconds: float | None
     oom: str | None = None          # the compiler's out-of-memory message, if it refused to compile
+    compile_seconds: float = 0.0    # wall time of lowering + compiling here
 
     @property
     def peak_bytes(self) -> int:
@@ -70,7 +72,8 @@ class Report:
                f"{tuple(shape)}).")
         if self.fsdp_hint:
             msg += (f" fsdp={self.fsdp_hint} divides them all: --config.mesh.fsdp={self.fsdp_hint} "
-                    f"--config.mesh.data={self.num_devices // self.fsdp_hint}.")
+                    f"--config.mesh.data={self.num_devices // self.fsdp_hint}, or let the run "
+                    f"pick it: --config.mesh.fsdp=auto.")
         else:
             msg += " No fsdp size that divides the device count splits them all."
         return msg
@@ -110,6 +113,7 @@ class Report:
                 "peak_bytes": p.peak_bytes, "flops_per_device": p.flops,
                 "bytes_accessed": p.bytes_accessed, "xla_optimal_seconds": p.optimal_seconds,
                 "est_seconds": t, "est_source": self.time_source(p),
+                "compile_seconds": p.compile_seconds,
                 "utilization": (p.flops / (t * self.peak_flops)) if (t and self.peak_flops) else None}
         return out
 
@@ -151,6 +155,7 @@ _OOM = re.compile(r"(HLO temporaries|total memory)[^(]*\(([\d.]+)([KMGT]?)\)")
 
 def _analyse(name: str, lower) -> Compiled:
     """Compile ``lower()`` and read its analyses; an HBM out-of-memory refusal becomes a no-fit."""
+    t0 = time.perf_counter()
     try:
         compiled = lower().compile()
     except Exception as e:  # XLA:TPU refuses programs that cannot fit, naming the bytes needed
@@ -163,7 +168,8 @@ def _analyse(name: str, lower) -> Compiled:
             need = int(float(m.group(2)) * 2 ** (10 * " KMGT".index(m.group(3) or " ")))
         return Compiled(name=name, argument_bytes=0, output_bytes=0, alias_bytes=0, temp_bytes=need,
                         flops=0.0, bytes_accessed=0.0, optimal_seconds=None,
-                        oom=msg.strip().splitlines()[0][:400])
+                        oom=msg.strip().splitlines()[0][:400],
+                        compile_seconds=time.perf_counter() - t0)
     m = compiled.memory_analysis()
     ca = compiled.cost_analysis()
     if isinstance(ca, (list, tuple)):
@@ -174,7 +180,8 @@ def _analyse(name: str, lower) -> Compiled:
                     output_bytes=int(m.output_size_in_bytes), alias_bytes=int(m.alias_size_in_bytes),
                     temp_bytes=int(m.temp_size_in_bytes), flops=float(ca.get("flops", 0.0)),
                     bytes_accessed=float(ca.get("bytes accessed", 0.0)),
-                    optimal_seconds=float(opt) if opt is not None else None)
+                    optimal_seconds=float(opt) if opt is not None else None,
+                    compile_seconds=time.perf_counter() - t0)
 
 
 def _leaf_table(abstract_state) -> tuple[int, list, dict]:
@@ -201,14 +208,14 @@ def run(config, devices: Sequence[Any], *, target: str = "cpu", chip: chips_lib.
         per_device_hbm: int | None = None, sample: bool = True) -> Report:
     """Compile the config's train step (and sampling loop) over ``devices`` and analyse it."""
     from diffjax.models import registry as model_registry
-    from diffjax.training import sharding, step as step_lib
+    from diffjax.training import step as step_lib
 
     if "input_shape" not in config.model or not config.model.input_shape:
         raise ValueError("config.model.input_shape is needed to compile without data "
                          "(e.g. (32, 32, 4) for a 256px latent DiT)")
     example_shape = tuple(config.model.input_shape)
-    mesh = sharding.make_mesh(config.mesh, devices)
     model = model_registry.build_model(config.model)
+    mesh = step_lib.make_mesh(config, model, example_shape, devices)
     ts = step_lib.make_train_step(config, model, mesh, example_shape=example_shape)
     programs = [_analyse("train_step",
                          lambda: ts.jit_step().lower(ts.abstract_state, ts.abstract_batch))]
@@ -229,7 +236,8 @@ def _undivided(config, abstract_state, mesh_shape: dict, num_devices: int):
     from diffjax.training import sharding
 
     found = sharding.fsdp_undivided(abstract_state, mesh_shape.get(sharding.PARAM_AXIS, 1),
-                                    config.sharding.rules, config.sharding.min_size)
+                                    config.sharding.rules, config.sharding.min_size,
+                                    mesh_shape.get(sharding.MODEL_AXIS, 1))
     if not found:
         return [], None
     nbytes = {sharding.path_name(path): int(np.prod(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize

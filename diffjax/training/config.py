@@ -10,7 +10,9 @@ the key. Sections:
     objective   name: the training objective (training/objectives.py), plus that objective's fields
     optim       AdamW + warmup + cosine/constant, clipping, gradient accumulation (optim.py)
     ema         decays and EDM2 power-EMA widths (ema.py)
-    mesh        ordered axes {'data': -1, 'fsdp': 1}; sharding: rules + min_size (sharding.py)
+    mesh        ordered axes {'data': -1, 'fsdp': 1, 'tensor': 1} (fsdp may be 'auto': the largest
+                size that shards every large array; data takes the rest); dcn_mesh: slices per
+                axis for multi-slice runs; sharding: rules + min_size (sharding.py)
     checkpoint  every (optimizer steps), keep, async_save
     sample      periodic grids and the defaults of ``diffjax sample``; params: 'params' or an EMA name;
                 batch_size: examples per sampling call (grids and evaluation share one compile)
@@ -57,8 +59,13 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
 
     c.ema = ml_collections.ConfigDict(dict(decays=(0.999,), power_stds=(0.1,)))
 
-    c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1})
-    c.sharding = ml_collections.ConfigDict(dict(rules=((".*", "fsdp"),), min_size=2 ** 14))
+    from diffjax.training import sharding
+
+    # fsdp: an int, -1, or 'auto' (sharding.auto_fsdp); tensor: Megatron-style model parallelism
+    c.mesh = ml_collections.ConfigDict({
+        "data": -1, "fsdp": config_dict.FieldReference(1, field_type=object), "tensor": 1})
+    c.dcn_mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})
+    c.sharding = ml_collections.ConfigDict(dict(rules=sharding.DEFAULT_RULES, min_size=2 ** 14))
 
     c.checkpoint = ml_collections.ConfigDict(dict(every=1000, keep=3, async_save=True))
 

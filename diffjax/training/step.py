@@ -26,6 +26,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from diffjax.core import denoisers, losses, processes
@@ -135,6 +136,21 @@ def param_shapes(config, model, example_shape):
     return jax.eval_shape(init, jax.random.key(0))
 
 
+def make_mesh(config, model, example_shape, devices=None):
+    """The run's Mesh: ``config.mesh`` (fsdp='auto' resolved against the params the run trains,
+    ``sharding.auto_fsdp``) over ``devices`` (default: all), multi-slice by ``config.dcn_mesh``."""
+    devices = list(jax.devices() if devices is None else devices)
+    axes = dict(config.mesh)
+    dcn = dict(config.get("dcn_mesh", {}) or {})
+    if axes.get(sharding.PARAM_AXIS) == "auto":
+        slices = max(1, int(np.prod(list(dcn.values())))) if dcn else 1
+        tree = {"params": param_shapes(config, model, example_shape)}
+        axes = sharding.auto_fsdp(axes, tree, len(devices) // slices,
+                                  [tuple(r) for r in config.sharding.rules],
+                                  config.sharding.min_size)
+    return sharding.make_mesh(axes, devices, dcn)
+
+
 def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     """Build the pure init/step functions and their shardings from ``config`` (see module doc)."""
     process = make_process(config.diffusion)
@@ -196,6 +212,7 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
     abstract_batch = {"x": jax.ShapeDtypeStruct((micro,) + tuple(example_shape), jnp.float32,
                                                 sharding=batch_sh),
                       "label": jax.ShapeDtypeStruct((micro,), jnp.int32, sharding=batch_sh)}
+    init, step = sharding.tracing_mesh(init, mesh), sharding.tracing_mesh(step, mesh)
     return TrainStep(init=init, step=step, mesh=mesh, state_shardings=state_sh,
                      batch_sharding=batch_sh, abstract_state=sharding.abstract(shapes, state_sh),
                      abstract_batch=abstract_batch, schedule=schedule, den=den, process=process,

@@ -90,10 +90,10 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = (),
 
 def _train(config, workdir, callbacks, bar, t_start) -> dict:
     # ---- setup ---------------------------------------------------------------------------------
-    mesh = sharding.make_mesh(config.mesh)
     source = data_registry.get_source(config.data)
     example_shape = tuple(np.shape(source[0]["x"]))
     model = model_registry.build_model(config.model)
+    mesh = step_lib.make_mesh(config, model, example_shape)
     ts = step_lib.make_train_step(config, model, mesh, example_shape=example_shape)
     classes = step_lib.num_classes(model)
     if classes and source.num_classes > classes:

@@ -127,7 +127,7 @@ def test_cli_prints_the_table_and_writes_json(tmp_path):
     p = _cli(*_TINY_DIT, "--config.batch_size=16", "--config.sample.steps=2", "--topology",
              "v5e:2x2", "--json", str(out))
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "target v5e:2x2: 4 devices, mesh {'data': 1, 'fsdp': 4}" in p.stdout
+    assert "target v5e:2x2: 4 devices, mesh {'data': 1, 'fsdp': 4, 'tensor': 1}" in p.stdout
     assert "train_step" in p.stdout and "sample_loop" in p.stdout and "fits: yes" in p.stdout
     d = json.loads(out.read_text())
     assert d["fits"] and d["devices"] == 4 and d["hbm_bytes_per_device"] == 16 * 2 ** 30

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from diffjax.models import registry as model_registry
-from diffjax.training import sharding, step as step_lib, trainer
+from diffjax.training import step as step_lib, trainer
 from tests.training.util import load_config
 
 CONFIGS = ("digits", "shapes", "toy2d", "cifar10_ddpmpp", "imagenet256_dit_xl2")
@@ -28,7 +28,7 @@ def test_config_is_complete_and_valid(name):
 def test_real_scale_presets_lower_at_full_size(name, shape, params_m):
     c = load_config(name)
     model = model_registry.build_model(c.model)
-    mesh = sharding.make_mesh(c.mesh)
+    mesh = step_lib.make_mesh(c, model, shape)      # the preset's fsdp='auto' resolved
     ts = step_lib.make_train_step(c, model, mesh, example_shape=shape)
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(ts.abstract_state.params))
     assert params_m[0] * 1e6 < n < params_m[1] * 1e6, n
