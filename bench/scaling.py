@@ -97,6 +97,8 @@ def rows(which):
             yield measure(f"compile scan={scan}", "v5p:4x4x4", **{"model.scan_layers": scan,
                                                                    "model.remat": "none"})
     if "remat" in which:
+        yield measure("remat none, unrolled", "v5p:2x2x1", sample=False,
+                      **{"model.remat": "none", "model.scan_layers": False})
         for policy in ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
                        "offload_dot_with_no_batch_dims"):
             yield measure(f"remat {policy}", "v5p:2x2x1", sample=False,

@@ -111,6 +111,9 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "A TPU slice to compile for wi
                                 "default: this machine's devices.")
 _JSON = flags.DEFINE_string("json", None, "Also write the report as JSON here.")
 _NO_SAMPLE = flags.DEFINE_bool("skip_sampler", False, "Compile the train step only.")
+_SLICES = flags.DEFINE_integer("slices", 1, "preflight: compile for this many slices of "
+                               "--topology (multi-slice; config.dcn_mesh says which mesh axes "
+                               "span the slices, e.g. --config.dcn_mesh.data=2).")
 _DIST = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with "
                           "auto-detected arguments (Cloud TPU pods, SLURM).")
 
@@ -376,12 +379,13 @@ def cmd_preflight():
     if _TOPOLOGY.value:
         from diffjax.preflight import chips
         try:
-            chips.devices(_TOPOLOGY.value)  # unknown name, impossible slice or no libtpu: say so
+            chips.devices(_TOPOLOGY.value, _SLICES.value)  # unknown name, impossible slice
+            # or no libtpu: say so
         except RuntimeError as e:
             raise CommandError(str(e)) from e
     try:
         if _TOPOLOGY.value:
-            r = report.tpu(config, _TOPOLOGY.value, sample=sample)
+            r = report.tpu(config, _TOPOLOGY.value, sample=sample, num_slices=_SLICES.value)
         else:
             r = report.run(config, jax.devices(), target=target, sample=sample)
     except ValueError:

@@ -35,8 +35,9 @@ COMMANDS = {
                  "--workdir DIR [--num N --sampler NAME --steps N --guidance NAME|W]",
                  DRAW + HOSTS),
     "preflight": ("compile a config for a TPU slice (or this machine): memory, FLOPs, fit",
-                  "--config FILE [--topology v5p:4x4x4] [--teacher DIR] [--config.KEY=VALUE ...]",
-                  ("config", "topology", "json", "skip_sampler", "teacher")),
+                  "--config FILE [--topology v5p:4x4x4 --slices N] [--teacher DIR] "
+                  "[--config.KEY=VALUE ...]",
+                  ("config", "topology", "slices", "json", "skip_sampler", "teacher")),
     "restore": ("restore images (inpaint, sr, colorize, deblur) with a trained run as the prior",
                 "--workdir DIR --operator inpaint|sr|colorize|deblur --input FILE [--out PNG "
                 "--method steer|dps|none --steps N --sampler NAME --seed N]",
@@ -60,7 +61,7 @@ METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sample
             "method": "NAME", "strength": "W", "factor": "F", "mask": "KIND",
             "mask_keep": "P", "kernel_size": "K", "blur_std": "S", "noise_std": "S",
             "budget": "NFE", "reward": "SPEC", "label": "K", "lam": "L",
-            "classifier_workdir": "DIR", "teacher": "DIR"}
+            "classifier_workdir": "DIR", "teacher": "DIR", "slices": "N"}
 
 
 # Every flag the CLI defines; each command takes the ones listed in COMMANDS. absl's own flags

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from diffjax import kernels
+from diffjax.models import partitioning
 from diffjax.models import remat as remat_lib
 from diffjax.models.embeddings import cep_labelled, resolve_labels
 from diffjax.models.layers import heads, hidden, trunc002
@@ -169,8 +170,8 @@ class DiMRBranch(nn.Module):
             z = z.reshape(b, h * w, d)
             if self.num_classes > 0:
                 labels = resolve_labels(labels, b, self.num_classes)
-                tok = nn.Embed(self.num_classes + 1, d, embedding_init=trunc002, name="class_embed",
-                               **kw)(labels)
+                tok = partitioning.lookup(nn.Embed(self.num_classes + 1, d, embedding_init=trunc002,
+                                                   name="class_embed", **kw), labels, self.dtype)
                 if train and self.cep_gamma > 0:
                     tok = cep_labelled(self.make_rng("cep"), tok, labels, self.num_classes,
                                        self.cep_gamma, self.cep_kind)

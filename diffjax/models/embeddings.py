@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.models import partitioning
 from diffjax.models.layers import normal002
 
 Dtype = Any
@@ -139,8 +140,9 @@ class LabelEmbedder(nn.Module):
     @nn.compact
     def __call__(self, labels: Optional[jax.Array], batch: int, train: bool = False) -> jax.Array:
         labels = resolve_labels(labels, batch, self.num_classes)
-        emb = nn.Embed(self.num_classes + 1, self.features, embedding_init=normal002, dtype=self.dtype,
-                       param_dtype=self.param_dtype, name="table")(labels)
+        table = nn.Embed(self.num_classes + 1, self.features, embedding_init=normal002,
+                         dtype=self.dtype, param_dtype=self.param_dtype, name="table")
+        emb = partitioning.lookup(table, labels, self.dtype)
         if train and self.cep_gamma > 0:
             emb = cep_labelled(self.make_rng("cep"), emb, labels, self.num_classes, self.cep_gamma,
                                self.cep_kind)

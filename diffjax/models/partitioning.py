@@ -76,3 +76,12 @@ def gathered(kind: str | None = None):
 
 
 gathered_dot = gathered(None)
+
+
+def lookup(embed, ids: jax.Array, dtype) -> jax.Array:
+    """``embed(ids)`` for an ``nn.Embed`` with its table gathered first when a mesh is set (an
+    FSDP-sharded table would otherwise come out feature-split and need an all-to-all)."""
+    table = embed.embedding
+    if _mesh() is not None:
+        table = jax.lax.with_sharding_constraint(table, P())
+    return jax.numpy.take(jax.numpy.asarray(table, dtype), ids, axis=0)

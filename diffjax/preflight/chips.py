@@ -49,9 +49,12 @@ def libtpu_available() -> bool:
         return False
 
 
-def devices(topology: str):
-    """Abstract TPU devices of ``topology`` (needs the ``tpu`` extra: pip install -e '.[tpu]')."""
+def devices(topology: str, num_slices: int = 1):
+    """Abstract TPU devices of ``topology`` (needs the ``tpu`` extra: pip install -e '.[tpu]');
+    ``num_slices`` > 1: that many slices of it (multi-slice, each device with its slice_index)."""
     chip, dims = parse(topology)
+    if int(num_slices) < 1:
+        raise ValueError(f"num_slices must be >= 1, got {num_slices}")
     if not libtpu_available():
         raise RuntimeError("deviceless TPU compilation needs libtpu: pip install -e '.[tpu]' "
                            "(jax[tpu] matching the installed jax)")
@@ -61,7 +64,9 @@ def devices(topology: str):
     from jax.experimental import topologies
 
     try:
-        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+        kw = {"num_slices": int(num_slices)} if int(num_slices) > 1 else {}
+        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology,
+                                                 **kw).devices)
     except Exception as e:  # libtpu's own message names the constraint (e.g. host bounds)
         raise ValueError(f"libtpu rejected topology {topology!r}: {e}") from None
 

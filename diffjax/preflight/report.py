@@ -58,6 +58,7 @@ class Report:
     state_specs: dict             # path -> PartitionSpec string
     undivided: list = dataclasses.field(default_factory=list)  # (path, shape, bytes): see below
     fsdp_hint: int | None = None  # an fsdp size that leaves none of ``undivided`` replicated
+    flops_note: str | None = None  # how FLOPs were obtained when not from the compile alone
 
     def undivided_warning(self) -> str | None:
         """The state arrays the 'fsdp' rule meant to split but could not: no dimension is divisible
@@ -104,7 +105,8 @@ class Report:
                "hbm_bytes_per_device": self.hbm_bytes, "fits": self.fits(),
                "state_bytes_per_device": self.state_bytes_per_device, "programs": {},
                "undivided": [{"path": n, "shape": list(sh), "bytes_per_device": b}
-                             for n, sh, b in self.undivided], "fsdp_hint": self.fsdp_hint}
+                             for n, sh, b in self.undivided], "fsdp_hint": self.fsdp_hint,
+               "flops_note": self.flops_note}
         for p in self.programs:
             t = self.step_seconds(p)
             out["programs"][p.name] = {
@@ -143,6 +145,8 @@ def format_table(r: Report) -> str:
         lines.append("sample_loop FLOPs and time are per sampler step (XLA counts the scan body once)")
     lines.append("est. s: XLA's estimate ('xla') or the roofline lower bound (its binding term); util = "
                  "FLOPs / (est. s * peak bf16 FLOP/s), an upper bound")
+    if r.flops_note:
+        lines.append(r.flops_note)
     lines.append(f"train state per device: {_gib(r.state_bytes_per_device).strip()}; "
                  f"fits: {'yes' if r.fits() else 'NO'}")
     if r.undivided_warning():
@@ -221,13 +225,56 @@ def run(config, devices: Sequence[Any], *, target: str = "cpu", chip: chips_lib.
                          lambda: ts.jit_step().lower(ts.abstract_state, ts.abstract_batch))]
     if sample:
         programs.append(_analyse("sample_loop", lambda: _lower_sampler(config, ts, example_shape)))
+    note = None
+    if config.model.get("scan_layers") and isinstance(config.model.get("depth"), int):
+        programs = _depth_corrected(config, mesh, example_shape, programs)
+        note = (f"scanned layers: FLOPs and bytes accessed of all {config.model.depth} layers, "
+                "extrapolated from the unrolled depth-1 and depth-2 compiles (XLA counts a loop "
+                "body once); memory from the scanned compile")
     total, largest, specs = _leaf_table(ts.abstract_state)
     undivided, hint = _undivided(config, ts.abstract_state, dict(mesh.shape), len(devices))
     return Report(target=target, num_devices=len(devices), mesh_shape=dict(mesh.shape),
                   hbm_bytes=per_device_hbm, peak_flops=None if chip is None else chip.peak_bf16_flops,
                   bandwidth=None if chip is None else chip.hbm_bandwidth, programs=programs,
                   state_bytes_per_device=total, largest_leaves=largest, state_specs=specs,
-                  undivided=undivided, fsdp_hint=hint)
+                  undivided=undivided, fsdp_hint=hint, flops_note=note)
+
+
+def _depth_corrected(config, mesh, example_shape, programs):
+    """FLOPs and bytes accessed of a scanned model's programs over all of its L layers.
+
+    XLA's cost analysis counts a while loop's body once, so a scanned train step reports one
+    layer's work. Costs are linear in the depth, so the unrolled depth-1 and depth-2 models
+    (compiled on the same mesh; seconds) give cost(L) = cost(1) + (L - 1) (cost(2) - cost(1)).
+    Memory stays the scanned compile's own. The sampler's figures stay per sampler step."""
+    import copy
+
+    from diffjax.models import registry as model_registry
+    from diffjax.training import step as step_lib
+
+    depth = int(config.model.depth)
+    costs = []
+    for d in (1, 2):
+        c = copy.deepcopy(config)
+        c.model.depth, c.model.scan_layers = d, False
+        model = model_registry.build_model(c.model)
+        ts = step_lib.make_train_step(c, model, mesh, example_shape=example_shape)
+        lowers = {"train_step": lambda ts=ts: ts.jit_step().lower(ts.abstract_state,
+                                                                  ts.abstract_batch),
+                  "sample_loop": lambda ts=ts, c=c: _lower_sampler(c, ts, example_shape)}
+        costs.append({p.name: _analyse(p.name, lowers[p.name]) for p in programs})
+    out = []
+    for p in programs:
+        one, two = costs[0][p.name], costs[1][p.name]
+        if p.oom or one.oom or two.oom:
+            out.append(p)
+            continue
+        out.append(dataclasses.replace(
+            p, flops=one.flops + (depth - 1) * (two.flops - one.flops),
+            bytes_accessed=one.bytes_accessed + (depth - 1) * (two.bytes_accessed
+                                                                - one.bytes_accessed),
+            optimal_seconds=None))
+    return out
 
 
 def _undivided(config, abstract_state, mesh_shape: dict, num_devices: int):
@@ -276,15 +323,18 @@ def _lower_sampler(config, ts, example_shape):
     return prog.fn.lower(ts.abstract_state.params, key, labels, offset, gvals, {}, None, None)
 
 
-def tpu(config, topology: str, *, sample: bool = True) -> Report:
-    """Preflight on a deviceless TPU topology, e.g. 'v5p:4x4x4'."""
+def tpu(config, topology: str, *, sample: bool = True, num_slices: int = 1) -> Report:
+    """Preflight on a deviceless TPU topology, e.g. 'v5p:4x4x4'; ``num_slices`` > 1 compiles for
+    that many slices of it (``config.dcn_mesh`` says which axes span them)."""
     chip, dims = chips_lib.parse(topology)
-    devs = chips_lib.devices(topology)
-    per_device = chip.hbm_bytes * math.prod(dims) // len(devs)
-    per_chip_scale = len(devs) / math.prod(dims)
+    devs = chips_lib.devices(topology, num_slices)
+    chips_total = math.prod(dims) * int(num_slices)
+    per_device = chip.hbm_bytes * chips_total // len(devs)
+    per_chip_scale = len(devs) / chips_total
     c = dataclasses.replace(chip, peak_bf16_flops=chip.peak_bf16_flops / per_chip_scale,
                             hbm_bandwidth=chip.hbm_bandwidth / per_chip_scale)
-    return run(config, devs, target=topology, chip=c, per_device_hbm=per_device, sample=sample)
+    target = topology if int(num_slices) == 1 else f"{num_slices} x {topology}"
+    return run(config, devs, target=target, chip=c, per_device_hbm=per_device, sample=sample)
 
 
 def advice(r: Report) -> str:

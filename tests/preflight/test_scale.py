@@ -37,9 +37,9 @@ def test_full_remat_lowers_temporaries_at_bounded_flops():
     assert out["none"].flops < out["full"].flops < 1.45 * out["none"].flops
 
 
-def _train_hlo(c):
+def _train_hlo(c, topology="v5e:2x2"):
     model = registry.build_model(c.model)
-    devs = preflight.devices("v5e:2x2")
+    devs = preflight.devices(topology)
     mesh = step_lib.make_mesh(c, model, tuple(c.model.input_shape), devs)
     ts = step_lib.make_train_step(c, model, mesh, example_shape=tuple(c.model.input_shape))
     return ts.jit_step().lower(ts.abstract_state, ts.abstract_batch).compile().as_text()
@@ -48,12 +48,13 @@ def _train_hlo(c):
 @needs_libtpu
 @pytest.mark.parametrize("scan", [False, True])
 def test_fsdp_blocks_compile_without_all_to_all(scan, monkeypatch):
-    c = _dit(scan_layers=scan)
-    c.mesh.data, c.mesh.fsdp = 1, 4
-    assert "all-to-all" not in _train_hlo(c)
+    c = _dit(scan_layers=scan, num_classes=10, remat="dots_with_no_batch_dims_saveable")
+    c.mesh.data, c.mesh.fsdp = 2, 4              # DiT-XL/2 on v5e:16x16 in small: data x fsdp
+    assert "all-to-all" not in _train_hlo(c, "v5e:2x4")
     if not scan:   # without the constraints XLA re-lays activations out around sharded kernels
         monkeypatch.setattr(partitioning, "spec", lambda shape, names: None)
-        assert "all-to-all" in _train_hlo(c)
+        monkeypatch.setattr(partitioning, "_mesh", lambda: None)
+        assert "all-to-all" in _train_hlo(c, "v5e:2x4")
 
 
 @needs_libtpu
@@ -80,3 +81,34 @@ def test_auto_fsdp_shards_what_a_fixed_size_leaves_whole():
     assert fixed.undivided and not auto.undivided
     assert auto.mesh_shape["fsdp"] * auto.mesh_shape["data"] == 8 and auto.mesh_shape["fsdp"] < 8
     assert "--config.mesh.fsdp=auto" in fixed.undivided_warning()
+
+
+@needs_libtpu
+def test_two_slices_put_data_across_slices_and_fsdp_within_one():
+    c = _dit(batch=16)
+    c.mesh.data, c.mesh.fsdp = -1, 4
+    c.dcn_mesh.data = 2
+    r = preflight.tpu(c, "v5e:2x2", sample=False, num_slices=2)
+    assert r.num_devices == 8 and r.mesh_shape == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert r.target == "2 x v5e:2x2" and r.fits()
+    model = registry.build_model(c.model)
+    devs = preflight.devices("v5e:2x2", 2)
+    mesh = step_lib.make_mesh(c, model, tuple(c.model.input_shape), devs)
+    grid = mesh.devices.reshape(2, 4)        # (data, fsdp); tensor 1
+    for row in grid:                         # one fsdp group = one slice
+        assert len({d.slice_index for d in row}) == 1
+    assert {d.slice_index for d in grid[:, 0]} == {0, 1}
+
+
+@needs_libtpu
+def test_scanned_flops_count_every_layer():
+    """XLA counts a loop body once; the preflight extrapolates a scanned model's costs from its
+    unrolled depth-1 and depth-2 compiles, which must give the unrolled model's own figures."""
+    got = {}
+    for scan in (False, True):
+        c = _dit(depth=5, hidden=64, scan_layers=scan)
+        c.mesh.data, c.mesh.fsdp = 1, 4
+        got[scan] = preflight.tpu(c, "v5e:2x2")
+    assert got[True].flops_note and not got[False].flops_note
+    for a, b in zip(got[False].programs, got[True].programs):
+        assert abs(a.flops - b.flops) < 0.01 * a.flops, (a.name, a.flops, b.flops)
