@@ -103,7 +103,7 @@ def test_two_slices_put_data_across_slices_and_fsdp_within_one():
 @needs_libtpu
 def test_scanned_flops_count_every_layer():
     """XLA counts a loop body once; the preflight extrapolates a scanned model's costs from its
-    unrolled depth-1 and depth-2 compiles, which must give the unrolled model's own figures."""
+    scanned and unrolled depth-2 compiles, which must give the unrolled model's own figures."""
     got = {}
     for scan in (False, True):
         c = _dit(depth=5, hidden=64, scan_layers=scan)
