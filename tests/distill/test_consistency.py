@@ -42,7 +42,9 @@ def _consistency_f(params, levels):
 
 def test_distilled_one_step_map_approaches_the_exact_flow_map():
     levels = timesteps.karras(18, S_MIN, S_MAX)[:-1]
-    tx = optax.adam(2e-2)
+    # a decaying rate: at a constant 2e-2 Adam keeps jumping between basins (on some CPUs and seeds
+    # the 3000-step slope lands 3-55% off); decayed, every seed tried lands within 1e-6
+    tx = optax.adam(optax.cosine_decay_schedule(2e-2, 3000, alpha=1e-3))
     mu = 0.5   # target decay
 
     def step(carry, key):

@@ -35,7 +35,9 @@ KW = dict(params_name="params", steps=4, sampler="heun", operator_options={"fact
 def test_restorations_do_not_depend_on_the_batch_size():
     a = restore.restore(_run(), X, "sr", method="dps", batch_size=2, **KW)
     b = restore.restore(_run(), X, "sr", method="dps", batch_size=5, **KW)
-    np.testing.assert_allclose(a.x, b.x, atol=1e-6)
+    # float32 rounding differs with the batch shape (4e-6 seen on one CI host); a real dependence on
+    # the batch (a guidance norm over the batch, a key per call) moves samples by O(0.1)
+    np.testing.assert_allclose(a.x, b.x, atol=5e-5)
     assert a.x.shape == X.shape and a.y.shape == (5, 2, 2, 1)
 
 
