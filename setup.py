@@ -20,6 +20,7 @@ setup(
         "tensorflow-datasets>=4.9.10",
         "grain>=0.2.18",
         "einops>=0.8",
+        "safetensors>=0.4",   # reading diffusers checkpoints (diffjax convert) without torch
         "numpy>=2.0",
         "scikit-learn>=1.5",
         "pillow>=10",
@@ -30,6 +31,9 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.12"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "experiments": ["matplotlib>=3.8"],   # the figures of experiments/*.py
+        # parity with the PyTorch libraries (tests/interop): diffusers' models and pytorch-fid's
+        # Inception with random weights; torch also reads .bin checkpoints in diffjax convert
+        "interop": ["torch>=2.4", "diffusers>=0.30", "pytorch-fid>=0.3", "scipy>=1.12"],
     },
     entry_points={"console_scripts": ["diffjax=diffjax.cli:main"]},
 )

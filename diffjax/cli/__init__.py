@@ -10,6 +10,7 @@
     diffjax restore  --workdir DIR --operator inpaint|sr|colorize|deblur --input FILE --out PNG
     diffjax search   --workdir DIR --method dts|dts_star|dts_uniform|bon|random|zero_order|paths|smc
                      --budget NFE --reward class:7|even|odd|... --num N --out grid.png
+    diffjax convert  --from diffusers DIR --workdir OUT   (then: diffjax sample --workdir OUT)
     diffjax COMMAND --help      that command's flags only, with the valid samplers, guidance
                                 methods and parameter sets (those of the run with --workdir DIR)
 
@@ -65,6 +66,7 @@ from diffjax.cli.table import (COMMANDS, EXIT_INTERRUPTED, OUR_FLAGS, CommandErr
 from diffjax.cli import restore as _restore  # noqa: E402  (defines the restore flags)
 from diffjax.cli import search as _search  # noqa: E402  (defines the search flags)
 from diffjax.cli import distill as _distill  # noqa: E402  (defines the distill flags)
+from diffjax.cli import convert as _convert  # noqa: E402  (defines the convert flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python file "
                                           "with get_config()), e.g. configs/digits.py; "
@@ -139,7 +141,9 @@ def parse_flags(argv):
         fail(None, f"unknown command {got!r}" + (f" (did you mean {hint[0]}?)" if hint else "") +
               f"; usage: diffjax {{{','.join(COMMANDS)}}} [flags] (diffjax --help lists them)")
     cmd = positional[0]
-    if len(positional) > 1:
+    if cmd in POSITIONAL_COMMANDS:
+        POSITIONAL[:] = positional[1:]
+    elif len(positional) > 1:
         fail(cmd, f"unexpected argument(s) {' '.join(positional[1:])!r}: flags are --name=value "
                    f"(diffjax {cmd} --help lists them)")
     allowed = COMMANDS[cmd][2]
@@ -153,6 +157,8 @@ def parse_flags(argv):
 
 
 GUIDANCE_FIELDS: dict[str, str] = {}   # --guidance.FIELD V from the command line (as typed)
+POSITIONAL_COMMANDS = ("convert",)     # commands that take positional arguments (the source DIR)
+POSITIONAL: list[str] = []
 
 
 def _take_guidance_fields(argv: list[str], cmd: str | None) -> list[str]:
@@ -415,7 +421,8 @@ def _printable(d: dict) -> dict:
 
 _RUN = {"train": cmd_train, "distill": lambda: cmd_train("distill"), "sample": cmd_sample, "evaluate": cmd_evaluate,
         "preflight": cmd_preflight, "restore": _restore.cmd_restore,
-        "search": _search.cmd_search}
+        "search": _search.cmd_search,
+        "convert": lambda: _convert.cmd_convert(_need_workdir("convert"), POSITIONAL)}
 
 
 def _main(argv):
@@ -431,6 +438,9 @@ def _main(argv):
         if cmd == "search":
             _need_workdir(cmd)
             _search.check_flags()
+        if cmd == "convert":
+            _need_workdir(cmd)
+            _convert.check_flags(POSITIONAL)
         if cmd != "preflight":  # deviceless TPU executables are not worth caching on disk
             logs.skip_absent_tpu()  # no libtpu start-up noise where there is no TPU
             _init_compilation_cache()

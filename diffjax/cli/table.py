@@ -44,6 +44,10 @@ COMMANDS = {
                 ("workdir", "operator", "input", "out", "method", "strength", "steps", "sampler",
                  "spacing", "seed", "params", "checkpoint_step", "measured", "factor", "mask",
                  "mask_keep", "kernel_size", "blur_std", "noise_std", "npz") + HOSTS),
+    "convert": ("convert a diffusers checkpoint (DiT, UNet2DModel, AutoencoderKL) into "
+                "a run directory",
+                "--from diffusers DIR --workdir OUT [--scan_layers] [--overwrite]",
+                ("from", "workdir", "scan_layers", "overwrite")),
     "search": ("spend a budget of NFE on better samples: tree search (DTS, DTS*), best-of-N, "
                "noise and path search, SMC, under a classifier reward",
                "--workdir DIR --budget NFE --reward class:K|classes:K1,K2|even|odd|label [--method "
@@ -61,7 +65,7 @@ METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sample
             "method": "NAME", "strength": "W", "factor": "F", "mask": "KIND",
             "mask_keep": "P", "kernel_size": "K", "blur_std": "S", "noise_std": "S",
             "budget": "NFE", "reward": "SPEC", "label": "K", "lam": "L",
-            "classifier_workdir": "DIR", "teacher": "DIR", "slices": "N"}
+            "classifier_workdir": "DIR", "teacher": "DIR", "slices": "N", "from": "FORMAT"}
 
 
 # Every flag the CLI defines; each command takes the ones listed in COMMANDS. absl's own flags

@@ -82,14 +82,24 @@ ROW_INPUTS = ("guidance",)          # a guidance-distilled student's scale w (mo
 CALL_INPUTS = ("exit_threshold",)   # an early-exit network's confidence threshold (DeeDiff)
 
 
+def _mean_part(out, x):
+    """A learned-variance network (DiT / ADM / IDDPM ``learn_sigma``: 2C output channels for C
+    input channels) predicts the mean parameterization in its first C channels: keep those."""
+    c = x.shape[-1]
+    if out.shape[:-1] == x.shape[:-1] and out.shape[-1] == 2 * c:
+        return out[..., :c]
+    return out
+
+
 def _net(apply_fn, params, x_in, label, cond, train, rngs, max_batch=None):
     cond = cond or {}
     kw = {k: cond[k] for k in CALL_INPUTS if cond.get(k) is not None}
     if rngs is not None:
         kw["rngs"] = rngs
-    call = lambda a: apply_fn(params, a["x"], a["t"], labels=a.get("label"),
-                              context=a.get("context"), train=train, **kw,
-                              **{k: a[k] for k in ROW_INPUTS if k in a}).astype(jnp.float32)
+    call = lambda a: _mean_part(apply_fn(params, a["x"], a["t"], labels=a.get("label"),
+                                         context=a.get("context"), train=train, **kw,
+                                         **{k: a[k] for k in ROW_INPUTS if k in a}),
+                                a["x"]).astype(jnp.float32)
     args = {"x": x_in, "t": label, **{k: cond[k] for k in ("label", "context")
                                        if cond.get(k) is not None}}
     for k in ROW_INPUTS:

@@ -67,6 +67,7 @@ class DiTBlock(nn.Module):
     mlp_ratio: float = 4.0
     norm: str = "adaln_zero"
     dropout: float = 0.0
+    mlp_norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -81,7 +82,7 @@ class DiTBlock(nn.Module):
         if self.norm == "adaln_zero":
             s1, sc1, g1, s2, sc2, g2 = AdaLNModulation(6, d, name="adaLN", **kw)(c)
             x = x + g1[:, None] * drop(attn(modulate(plain_layer_norm(self.dtype)(x), s1, sc1)))
-            h = modulate(plain_layer_norm(self.dtype)(x), s2, sc2)
+            h = modulate(plain_layer_norm(self.dtype, self.mlp_norm_eps)(x), s2, sc2)
             return x + g2[:, None] * mlp(h, train)
         if self.norm == "tdln":
             h, g1 = TDModulation(name="norm1", **kw)(x, tau)
@@ -151,13 +152,14 @@ class DiTLayer(nn.Module):
     grid: tuple
     depth: int
     exit_patience: bool = False
+    mlp_norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     def _block(self):
         cls = remat_lib.wrap(DiTBlock, self.remat, (4,), scanned=True)
-        return cls(self.num_heads, self.mlp_ratio, self.norm, self.dropout, name="block",
-                   dtype=self.dtype, param_dtype=self.param_dtype)
+        return cls(self.num_heads, self.mlp_ratio, self.norm, self.dropout, self.mlp_norm_eps,
+                   name="block", dtype=self.dtype, param_dtype=self.param_dtype)
 
     def _conf(self, z):
         return ConfidenceHead(self.patch_size, self.conf_channels, name="uem", dtype=self.dtype,
@@ -199,6 +201,8 @@ class DiT(nn.Module):
     norm: str = "adaln_zero"
     dropout: float = 0.0
     freq_dim: int = 256
+    freq_shift: float = 0.0           # 1: diffusers' DiT port (embeddings.sinusoidal_embedding)
+    mlp_norm_eps: float = 1e-6        # the LayerNorm before the MLP (diffusers' DiT port: 1e-5)
     noise_embedding: str = "positional"
     noise_label_scale: float = 1.0
     td_time_scale: float = 0.002
@@ -256,7 +260,8 @@ class DiT(nn.Module):
         head = lambda t: unpatchify(final(t[:, n_extra:], c, tau), p, gh, gw).astype(jnp.float32)
         remat_lib.check(self.remat)
         block = lambda i: remat_lib.wrap(DiTBlock, self.remat, (4,))(
-            self.num_heads, self.mlp_ratio, self.norm, self.dropout, name=f"block_{i}", **kw)
+            self.num_heads, self.mlp_ratio, self.norm, self.dropout, self.mlp_norm_eps,
+            name=f"block_{i}", **kw)
         # one UEM per block; its channels are the prediction's (without a learned-sigma half)
         conf = lambda i, t: ConfidenceHead(p, self.out_channels or cin, name=f"uem_{i}", **kw)(
             t[:, n_extra:], gh, gw)
@@ -306,7 +311,7 @@ class DiT(nn.Module):
                        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=self.depth)
         layers = Scan(self.num_heads, self.mlp_ratio, self.norm, self.dropout, self.remat,
                       bool(train), mode, with_conf, self.patch_size, conf_ch, n_extra, grid,
-                      self.depth, self.exit_patience, name="blocks", dtype=self.dtype,
+                      self.depth, self.exit_patience, self.mlp_norm_eps, name="blocks", dtype=self.dtype,
                       param_dtype=self.param_dtype)
         idx = jnp.arange(self.depth)
         if mode == "exit":

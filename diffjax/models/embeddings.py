@@ -1,7 +1,9 @@
 """Noise-level, class-label, condition and position embeddings shared by every network; CEP.
 
 Sinusoidal noise embedding (Vaswani et al. 2017; Ho et al. 2020; the DiT/ADM convention):
-    f_j = exp(-ln(max_period) j / half),  emb(s) = [cos(s f), sin(s f)],  s = noise_label * scale.
+    f_j = exp(-ln(max_period) j / (half - freq_shift)),  emb(s) = [cos(s f), sin(s f)],
+    s = noise_label * scale; freq_shift = 0 is DiT/ADM, 1 is diffusers' DiT port and DDPM U-Nets
+    (their ``downscale_freq_shift``).
 Random Fourier features (Tancik et al. 2020; Song et al. 2021 NCSN++): fixed f ~ N(0, fourier_scale^2),
     emb(s) = [cos(2 pi s f), sin(2 pi s f)]  (frequencies are a fixed constant, not a parameter).
 Class labels use a table with num_classes + 1 rows; row num_classes is the null class used by
@@ -34,14 +36,15 @@ Dtype = Any
 NOISE_EMBEDDINGS = ("positional", "fourier")
 CEP_KINDS = ("uniform", "gaussian")
 # The fields of DiT, PixArt, DiCo and UNet that ``condition_embedding`` reads.
-CONDITION_FIELDS = ("num_classes", "freq_dim", "noise_embedding", "noise_label_scale", "cep_gamma",
-                    "cep_kind", "guidance_embed", "kernel_init", "dtype", "param_dtype")
+CONDITION_FIELDS = ("num_classes", "freq_dim", "freq_shift", "noise_embedding", "noise_label_scale",
+                    "cep_gamma", "cep_kind", "guidance_embed", "kernel_init", "dtype", "param_dtype")
 
 
-def sinusoidal_embedding(s: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
-    """[cos(s f), sin(s f)] with f_j = max_period^(-j/half); s (B,) -> (B, dim) float32."""
+def sinusoidal_embedding(s: jax.Array, dim: int, max_period: float = 10000.0,
+                         freq_shift: float = 0.0) -> jax.Array:
+    """[cos(s f), sin(s f)] with f_j = max_period^(-j/(half - freq_shift)); s (B,) -> (B, dim)."""
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift))
     args = jnp.asarray(s, jnp.float32)[:, None] * freqs[None]
     emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
     if dim % 2:
@@ -56,13 +59,15 @@ def fourier_embedding(s: jax.Array, dim: int, fourier_scale: float = 16.0, seed:
     return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def noise_features(s: jax.Array, dim: int, kind: str = "positional", scale: float = 1.0) -> jax.Array:
-    """Dispatch on ``kind``; ``scale`` multiplies the noise label first (e.g. 1000 for t in [0, 1])."""
+def noise_features(s: jax.Array, dim: int, kind: str = "positional", scale: float = 1.0,
+                   freq_shift: float = 0.0) -> jax.Array:
+    """Dispatch on ``kind``; ``scale`` multiplies the noise label first (e.g. 1000 for t in [0, 1]);
+    ``freq_shift`` is the positional embedding's (module doc)."""
     s = jnp.asarray(s, jnp.float32) * scale
     if s.ndim == 0:
         raise ValueError("noise_labels must have shape (B,), got a scalar")
     if kind == "positional":
-        return sinusoidal_embedding(s, dim)
+        return sinusoidal_embedding(s, dim, freq_shift=freq_shift)
     if kind == "fourier":
         return fourier_embedding(s, dim)
     raise ValueError(f"unknown noise embedding {kind!r}; expected one of {NOISE_EMBEDDINGS}")
@@ -102,12 +107,14 @@ class TimestepEmbedder(nn.Module):
     kind: str = "positional"
     scale: float = 1.0
     kernel_init: Any = normal002
+    freq_shift: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, noise_labels: jax.Array) -> jax.Array:
-        f = noise_features(noise_labels, self.freq_dim, self.kind, self.scale).astype(self.dtype)
+        f = noise_features(noise_labels, self.freq_dim, self.kind, self.scale,
+                           self.freq_shift).astype(self.dtype)
         dense = lambda name: nn.Dense(self.hidden, kernel_init=self.kernel_init, dtype=self.dtype,
                                       param_dtype=self.param_dtype, name=name)
         return dense("fc2")(nn.silu(dense("fc1")(f)))
@@ -180,16 +187,16 @@ def condition_embedding(model: nn.Module, features: int, noise_labels: jax.Array
     Call it inside ``model``'s ``nn.compact`` method: the ``TimestepEmbedder`` and ``LabelEmbedder``
     become ``model``'s own children, named ``names`` + ``suffix`` (params t_embedder/fc1, fc2 and
     y_embedder/table). Their settings are ``model``'s fields named in ``CONDITION_FIELDS``, or
-    ``fields`` where given (kernel_init defaults to N(0, 0.02^2), the DiT init).
+    ``fields`` where given (kernel_init defaults to N(0, 0.02^2), the DiT init; freq_shift to 0).
     """
-    f = {"kernel_init": normal002}
+    f = {"kernel_init": normal002, "freq_shift": 0.0}
     f.update({k: getattr(model, k) for k in CONDITION_FIELDS if hasattr(model, k)}, **fields)
     if set(f) != set(CONDITION_FIELDS):
         raise TypeError(f"condition_embedding: fields {sorted(set(f) ^ set(CONDITION_FIELDS))} "
                         f"unknown or missing")
     kw = dict(dtype=f["dtype"], param_dtype=f["param_dtype"])
     c = TimestepEmbedder(features, f["freq_dim"], f["noise_embedding"], f["noise_label_scale"],
-                         f["kernel_init"], name=names[0] + suffix, **kw)(noise_labels)
+                         f["kernel_init"], f["freq_shift"], name=names[0] + suffix, **kw)(noise_labels)
     if f["num_classes"] > 0:
         c = c + LabelEmbedder(f["num_classes"], features, f["cep_gamma"], f["cep_kind"],
                               name=names[1] + suffix, **kw)(labels, c.shape[0], train)
@@ -212,12 +219,15 @@ def sincos_1d(pos: np.ndarray, dim: int) -> np.ndarray:
 
 
 def sincos_2d(h: int, w: int, dim: int, scale: float = 1.0) -> jax.Array:
-    """Fixed 2-D sin-cos position table (h*w, dim), row-major; half the channels per axis (MAE/DiT).
+    """Fixed 2-D sin-cos position table (h*w, dim), row-major over the grid; the first half of the
+    channels encodes the column (x), the second the row (y): the MAE / DiT / PixArt table
+    (``get_2d_sincos_pos_embed``, whose meshgrid(grid_w, grid_h) puts x first), so released weights
+    see the positions they were trained with.
 
     ``scale`` divides positions (PixArt's lewei_scale / base-size rescaling of the grid).
     """
     if dim % 4:
         raise ValueError(f"sincos_2d needs dim divisible by 4, got {dim}")
     gy, gx = np.meshgrid(np.arange(h) / scale, np.arange(w) / scale, indexing="ij")
-    emb = np.concatenate([sincos_1d(gy, dim // 2), sincos_1d(gx, dim // 2)], axis=1)
+    emb = np.concatenate([sincos_1d(gx, dim // 2), sincos_1d(gy, dim // 2)], axis=1)
     return jnp.asarray(emb, jnp.float32)

@@ -24,11 +24,13 @@ from diffjax.models.dimr import DiMR
 from diffjax.models.dit import DiT
 from diffjax.models.pixart import PixArt
 from diffjax.models.unet import UNet
+from diffjax.models.unet2d import UNet2D
 from diffjax.models.unet1d import UNet1D
 
 MODELS: Dict[str, type] = {
     "unet": UNet,
     "unet1d": UNet1D,
+    "unet2d": UNet2D,
     "dit": DiT,
     "pixart": PixArt,
     "dico": DiCo,

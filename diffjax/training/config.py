@@ -17,6 +17,8 @@ the key. Sections:
     sample      periodic grids and the defaults of ``diffjax sample``; params: 'params' or an EMA name;
                 batch_size: examples per sampling call (grids and evaluation share one compile)
     eval        FD + class accuracy (evaluation.py); every (0 = only at the end), at_end
+    latent      vae: a converted AutoencoderKL folder (``diffjax convert``; relative paths are
+                inside the workdir) whose decoder turns samples into images; unset: pixel space
 """
 from __future__ import annotations
 
@@ -79,6 +81,8 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
         guidance=ml_collections.ConfigDict(dict(name="classifier_free", scale=1.0)),
         classifier="classifier_tiny", classifier_steps=500,
         classifier_resolution=config_dict.placeholder(int)))
+
+    c.latent = ml_collections.ConfigDict(dict(vae=config_dict.placeholder(str)))
     return c
 
 
