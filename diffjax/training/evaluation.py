@@ -29,22 +29,7 @@ import optax
 from flax import serialization
 
 from diffjax import inference
-
-
-def frechet_distance(mu1, cov1, mu2, cov2) -> float:
-    """Frechet distance between N(mu1, cov1) and N(mu2, cov2) (see module docstring)."""
-    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
-    cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
-    w, v = np.linalg.eigh((cov1 + cov1.T) / 2)
-    s1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-    m = s1 @ cov2 @ s1
-    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_sqrt)
-
-
-def feature_stats(feats) -> tuple[np.ndarray, np.ndarray]:
-    feats = np.asarray(feats, np.float64)
-    return feats.mean(0), np.cov(feats, rowvar=False)
+from diffjax.metrics.fid import feature_stats, frechet_distance
 
 
 # --- the evaluation classifier --------------------------------------------------------------------
