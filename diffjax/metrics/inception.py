@@ -18,8 +18,8 @@ Input conventions (channel-last images x in [0, 1], shape (B, H, W, 3)):
                    (torch's F.interpolate(mode='bilinear', align_corners=False)), then 2x - 1;
     'tf'           TF1's tf.image.resize_bilinear alignment, src = dst * in / out (the detector of
                    StyleGAN2-ADA / EDM emulates it with grid_sample), then (255 x - 128) / 128.
-Both use the same weights; they give slightly different features (a small FID offset), so numbers
-compare only within one convention. ``resize_input`` / ``normalize_input`` turn those steps off, as
+Both networks are ports of the same TF graph and weights; the two conventions give slightly
+different features (a small FID offset), so numbers compare only within one convention. ``resize_input`` / ``normalize_input`` turn those steps off, as
 pytorch-fid's flags of the same names do.
 
 ``load_params(path)`` reads pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth`` (converted by
@@ -299,6 +299,7 @@ def load_params(path: str) -> dict:
     """Variables {'params', 'batch_stats'} of the FID Inception from ``path``: pytorch-fid's
     ``pt_inception-2015-12-05-6726825d.pth`` (or a .safetensors / .bin with its state-dict keys),
     converted by ``diffjax.convert.inception``, or a .safetensors / .npz written by ``save_params``."""
+    path = os.fspath(path) if path else ""
     if not path or not os.path.exists(path):
         raise FileNotFoundError(
             f"FID Inception weights {path!r} not found: download {FID_WEIGHTS} from the "
