@@ -28,7 +28,9 @@ setup(
         "importlib_resources",  # tensorflow-datasets needs it to prepare datasets but does not declare it
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.12"],
+        # the notebook test (tests/test_notebook.py) executes notebooks/diffjax_tour.ipynb with nbclient
+        "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.12",
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
         "experiments": ["matplotlib>=3.8"],   # the figures of experiments/*.py
         # parity with the PyTorch libraries (tests/interop): diffusers' models and pytorch-fid's

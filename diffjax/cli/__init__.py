@@ -11,6 +11,7 @@
     diffjax search   --workdir DIR --method dts|dts_star|dts_uniform|bon|random|zero_order|paths|smc
                      --budget NFE --reward class:7|even|odd|... --num N --out grid.png
     diffjax convert  --from diffusers DIR --workdir OUT   (then: diffjax sample --workdir OUT)
+    diffjax encode   --config CFG --workdir DIR   (config.latent.vae: the latents train reads)
     diffjax COMMAND --help      that command's flags only, with the valid samplers, guidance
                                 methods and parameter sets (those of the run with --workdir DIR)
 
@@ -67,6 +68,7 @@ from diffjax.cli import restore as _restore  # noqa: E402  (defines the restore 
 from diffjax.cli import search as _search  # noqa: E402  (defines the search flags)
 from diffjax.cli import distill as _distill  # noqa: E402  (defines the distill flags)
 from diffjax.cli import convert as _convert  # noqa: E402  (defines the convert flags)
+from diffjax.cli import encode as _encode  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python file "
                                           "with get_config()), e.g. configs/digits.py; "
@@ -294,12 +296,25 @@ def _typed_settings() -> tuple[dict, dict]:
     return typed, names
 
 
-def _load_run(workdir: str, typed: dict, names: dict):
+def refuse_latent(cmd: str, workdir: str, config=None) -> None:
+    """A CommandError if ``workdir`` is a latent run (``cmd`` acts on images)."""
+    from diffjax import inference
+
+    config = config or inference.load_config(workdir)
+    if (config.get("latent") or {}).get("vae"):
+        raise CommandError(f"diffjax {cmd} works in pixel space and {workdir} is a latent run "
+                           f"(config.latent.vae = {config.latent.vae}); use diffjax sample")
+
+
+def _load_run(workdir: str, typed: dict, names: dict, pixel_space: str | None = None):
     """The run of ``workdir``; the typed settings that depend on it (parameter set, PFGM++) are
-    checked against its config.json before the checkpoint is restored."""
+    checked against its config.json before the checkpoint is restored. ``pixel_space``: the
+    command, which refuses a latent run (its operators and rewards act on images)."""
     from diffjax import inference
 
     config = inference.load_config(workdir)
+    if pixel_space:
+        refuse_latent(pixel_space, workdir, config)
     for k, v in typed.items():
         inference.check_setting(k, v, names[k], config=config)
     return inference.load(workdir, step=_CKPT_STEP.value, config=config,
@@ -339,6 +354,8 @@ def cmd_sample():
                            spacing=st["spacing"])
     ncol = run.num_classes if run.num_classes and num % run.num_classes == 0 else None
     result = {"out": out, **st}
+    if run.vae is not None:         # a latent run: the images are the VAE's decode
+        result["vae"] = run.vae.folder
     if jax_process_index() == 0:   # every process holds all samples; one writes them
         inference.save_grid(x, out, ncol=ncol)
     if _NPZ.value:
@@ -422,7 +439,8 @@ def _printable(d: dict) -> dict:
 _RUN = {"train": cmd_train, "distill": lambda: cmd_train("distill"), "sample": cmd_sample, "evaluate": cmd_evaluate,
         "preflight": cmd_preflight, "restore": _restore.cmd_restore,
         "search": _search.cmd_search,
-        "convert": lambda: _convert.cmd_convert(_need_workdir("convert"), POSITIONAL)}
+        "convert": lambda: _convert.cmd_convert(_need_workdir("convert"), POSITIONAL),
+        "encode": lambda: _encode.cmd_encode(_CONFIG.value, _need_workdir("encode"))}
 
 
 def _main(argv):

@@ -149,9 +149,10 @@ def read_input(path: str, shape):
 def cmd_restore():
     import numpy as np
 
-    from diffjax.cli import _load_run, _say, _need_workdir
+    from diffjax.cli import _load_run, _say, _need_workdir, refuse_latent
 
     workdir = _need_workdir("restore")
+    refuse_latent("restore", workdir)
     name, opts = check_flags()
     F = flags.FLAGS
     typed = {k: F[k].value for k in ("sampler", "steps", "spacing", "params", "seed")
@@ -167,7 +168,7 @@ def cmd_restore():
     op = operators.make(name, shape, **opts)
     meas_shape = tuple(op.measurement_shape(shape))
     src = read_input(_INPUT.value, meas_shape if _MEASURED.value else shape)
-    run = _load_run(workdir, typed, names)
+    run = _load_run(workdir, typed, names, "restore")
     sampler = typed.get("sampler", run.config.sample.sampler)
     steps = int(typed.get("steps", run.config.sample.steps))
     spacing = typed.get("spacing", run.config.sample.spacing)

@@ -101,7 +101,7 @@ def cmd_search():
     workdir = _need_workdir("search")
     check_flags()
     typed, names = _typed_settings()
-    run = _load_run(workdir, typed, names)
+    run = _load_run(workdir, typed, names, "search")
     method = _method()
     num = int(typed.get("num", 16))
     steps = int(typed.get("steps", 50))

@@ -48,6 +48,10 @@ COMMANDS = {
                 "a run directory",
                 "--from diffusers DIR --workdir OUT [--scan_layers] [--overwrite]",
                 ("from", "workdir", "scan_layers", "overwrite")),
+    "encode": ("encode an image dataset once into the latent cache a latent run trains on "
+               "(config.latent.vae)",
+               "--config FILE --workdir DIR [--config.latent.vae=DIR --config.KEY=VALUE ...]",
+               ("config", "workdir") + HOSTS),
     "search": ("spend a budget of NFE on better samples: tree search (DTS, DTS*), best-of-N, "
                "noise and path search, SMC, under a classifier reward",
                "--workdir DIR --budget NFE --reward class:K|classes:K1,K2|even|odd|label [--method "

@@ -192,17 +192,12 @@ def _class_name(model_dir: str) -> str | None:
 
 
 def write_vae(vae_dir: str, out: str) -> dict:
-    """Convert an AutoencoderKL folder into ``out`` (``vae.json`` fields + ``params.safetensors``)."""
-    from safetensors.numpy import save_file
-    from flax import traverse_util
+    """Convert an AutoencoderKL folder into ``out`` (``vae.json`` fields + ``params.safetensors``,
+    ``latent.save_vae``)."""
+    from diffjax.latent import save_vae
 
     conv = convert_model_dir(vae_dir)
     if conv.class_name != "AutoencoderKL":
         raise ConvertError(f"{vae_dir} is a {conv.class_name}, not an AutoencoderKL")
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "vae.json"), "w", encoding="utf-8") as f:
-        json.dump(conv.model_config, f, indent=2)
-    flat = traverse_util.flatten_dict(conv.params, sep="/")
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in flat.items()},
-              os.path.join(out, "params.safetensors"))
+    save_vae(out, conv.model_config, conv.params)
     return dict(architecture=conv.class_name, out=out)

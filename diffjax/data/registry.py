@@ -2,7 +2,7 @@
 
 Every source is random access: ``len(src)``, ``src[i] -> {'x': float32, 'label': int32}`` and
 ``src.num_classes``. Config fields read (missing ones take these defaults; others are ignored):
-    name          one of ``names()``: digits, shapes, toy2d, tfds, folder, npz
+    name          one of ``names()``: digits, shapes, toy2d, tfds, folder, npz, latents
     split         'train'    digits: all|train|test; tfds: any TFDS split string
     resolution    None       image side (int) or (h, w); digits default 16, shapes 32;
                              required for folder
@@ -11,7 +11,9 @@ Every source is random access: ``len(src)``, ``src[i] -> {'x': float32, 'label':
     toy           'gmm_8'    toy2d: a name in ``diffjax.data.toy.TOYS``
     dataset       --         tfds: the TFDS name; data_dir (None), image_key ('image'),
                              label_key ('label')
-    path          --         folder, npz; channels (3) for folder
+    path          --         folder, npz, latents (a ``diffjax encode`` cache directory; its
+                             latents are not range-checked: latent/cache.py); channels (3) for
+                             folder
 """
 from __future__ import annotations
 
@@ -106,3 +108,9 @@ def _npz(config) -> ArraySource:
     from diffjax.data.npz import load_npz
     images, labels = load_npz(_required(config, "path"), _get(config, "resolution"))
     return ArraySource(images, labels)
+
+
+@register_source("latents")
+def _latents(config) -> ArraySource:
+    from diffjax.latent.cache import load_cache
+    return load_cache(_required(config, "path"))[0]

@@ -13,7 +13,8 @@ registry transform of the denoiser -> sampler stepper under lax.scan, sharded ov
 ``generate`` (batches, labels, gathering across processes) -> samples.
 """
 from diffjax.inference.loading import (Run, default_mesh, from_state, load, load_config,
-                                       load_info, param_names, pick_params, save_run_info)
+                                       load_info, param_names, pick_params, run_vae,
+                                       save_run_info)
 from diffjax.inference.draw_settings import (DEFAULT_SEED, DEFAULTS, check_setting,
                                         pfgmpp_error, settings)
 from diffjax.inference.program import Program, build, padded_batch

@@ -27,7 +27,7 @@ def default_labels(num: int, num_classes: int) -> np.ndarray:
     return (np.arange(num) % max(num_classes, 1)).astype(np.int32)
 
 
-def _global(tree, sharding_):
+def global_arrays(tree, sharding_):
     """Global arrays from the same host values on every process (``sharding_`` None: as is)."""
     if sharding_ is None:
         return tree
@@ -76,8 +76,15 @@ def denoiser(run: Run, guidance=1.0, *, params_name: str | None = None,
 def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guidance=1.0,
              seed: int = 0, labels=None, batch_size: int | None = None, params_name: str | None = None,
              spacing: str | None = None, clip: bool = True, knobs: dict | None = None,
-             cond: dict | None = None, prepared: tuple | None = None) -> np.ndarray:
+             cond: dict | None = None, prepared: tuple | None = None, first_index: int = 0,
+             decode: bool = True) -> np.ndarray:
     """``num`` samples (numpy, data range) in batches of ``config.sample.batch_size``.
+
+    Examples are ``first_index .. first_index + num - 1``: example i draws from fold_in(key(seed),
+    i) and defaults to label i mod C, so consecutive calls (or jobs) with first_index = 0, n, 2n...
+    give the samples of one call with num = the total (EDM's fixed-seed protocol). A latent run
+    (``run.vae``) returns decoded images, decoded on the mesh batch by batch; ``decode=False``
+    returns the latents (unclipped).
 
     ``guidance``: a section, a number (classifier-free scale) or a method name
     (``guidance.resolve``); ignored by unconditional models. ``knobs``: the sampler's traced options
@@ -89,13 +96,16 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
 
     check_setting("num", num)
     check_setting("steps", steps)
+    if int(first_index) < 0:
+        raise ValueError(f"generate: first_index must be >= 0, got {first_index}")
     check_setting("sampler", sampler, run=run)
     params = pick_params(run.params, params_name or run.config.sample.params)
     spacing = spacing or run.config.sample.spacing
     check_setting("spacing", spacing)
     batch_size = int(batch_size or run.config.sample.get("batch_size", 100))
     if run.num_classes:
-        labels = default_labels(num, run.num_classes) if labels is None else np.asarray(labels)
+        labels = (default_labels(first_index + num, run.num_classes)[first_index:]
+                  if labels is None else np.asarray(labels))
     else:
         labels = np.zeros((num,), np.int32)
     sec = resolve_for(run, guidance)
@@ -120,7 +130,8 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
     bsh = rep = None
     if run.mesh is not None:
         bsh, rep = sharding.batch_sharding(run.mesh), sharding.replicated(run.mesh)
-    key, gvals, knobs = _global((jax.random.key(seed), gvals, knobs), rep)
+    key, gvals, knobs = global_arrays((jax.random.key(seed), gvals, knobs), rep)
+    vae = run.vae if decode else None
     out = []
     for start in range(0, num, batch_size):
         b = min(batch_size, num - start)
@@ -133,14 +144,18 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
             extra = {k: np.zeros((prog.batch,) + v.shape[1:], v.dtype) for k, v in cond.items()}
             for k, v in cond.items():
                 extra[k][:b] = v[start:start + b]
-            extra = _global(extra, bsh)
-        x = prog(params, key, _global(lab, bsh), _global(np.int32(start), rep), gvals, knobs,
-                 gstate, extra)
+            extra = global_arrays(extra, bsh)
+        x = prog(params, key, global_arrays(lab, bsh),
+                 global_arrays(np.int32(first_index + start), rep), gvals, knobs, gstate, extra)
+        if vae is not None:
+            x = vae.decode(x)
         if not x.is_fully_addressable:  # several processes: every host gets the whole batch
             from jax.experimental import multihost_utils
             x = multihost_utils.process_allgather(x, tiled=True)
         out.append(np.asarray(jax.device_get(x))[:b])
     x = np.concatenate(out)
+    if run.vae is not None and not decode:
+        return x
     return np.clip(x, -1.0, 1.0) if clip and x.ndim == 4 else x
 
 

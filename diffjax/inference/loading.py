@@ -29,6 +29,7 @@ class Run(NamedTuple):
     num_classes: int
     example_shape: tuple
     mesh: Any = None       # where the params live; sampling runs over it (None: one device)
+    vae: Any = None        # latent.Vae of a latent run (config.latent.vae): samples decode with it
 
 
 def save_run_info(workdir: str, config, example_shape, num_classes: int):
@@ -147,13 +148,31 @@ def load(workdir: str, step: int | None = None, config=None, *,
         from diffjax.models import scan
         out = {k: scan.to_model(v, model) for k, v in out.items()}
     return Run(config=config, model=model, den=den, process=process, params=out, step=int(step),
-               num_classes=step_lib.num_classes(model), example_shape=example_shape, mesh=mesh)
+               num_classes=step_lib.num_classes(model), example_shape=example_shape, mesh=mesh,
+               vae=run_vae(config, workdir, mesh, example_shape))
 
 
-def from_state(ts, state, config, num_classes: int, example_shape) -> Run:
+def run_vae(config, workdir: str | None, mesh, example_shape):
+    """The VAE that decodes a latent run's samples (``config.latent.vae``), placed on ``mesh``;
+    None for a pixel-space run. Its latents must have the run's example shape."""
+    path = (config.get("latent") or {}).get("vae")
+    if not path:
+        return None
+    from diffjax import latent
+
+    vae = latent.load_vae(latent.find_vae(path, workdir))
+    lat = vae.module.latent_channels
+    if len(example_shape) != 3 or example_shape[-1] != lat:
+        raise ValueError(f"config.latent.vae {vae.folder} decodes {lat}-channel latents but the "
+                         f"run's examples have shape {tuple(example_shape)}")
+    return vae.on_mesh(mesh)
+
+
+def from_state(ts, state, config, num_classes: int, example_shape, vae=None) -> Run:
     """The Run of a live train state (the trainer's sample grids and evaluations): params and EMAs
-    stay where the train step sharded them; sampling gathers them once per call."""
+    stay where the train step sharded them; sampling gathers them once per call. ``vae``: a
+    latent run's VAE (``run_vae``)."""
     params = {"params": state.params, **state.ema}
     return Run(config=config, model=None, den=ts.den, process=ts.process, params=params,
                step=int(jax.device_get(state.step)), num_classes=num_classes,
-               example_shape=tuple(example_shape), mesh=ts.mesh)
+               example_shape=tuple(example_shape), mesh=ts.mesh, vae=vae)

@@ -17,8 +17,12 @@ the key. Sections:
     sample      periodic grids and the defaults of ``diffjax sample``; params: 'params' or an EMA name;
                 batch_size: examples per sampling call (grids and evaluation share one compile)
     eval        FD + class accuracy (evaluation.py); every (0 = only at the end), at_end
-    latent      vae: a converted AutoencoderKL folder (``diffjax convert``; relative paths are
-                inside the workdir) whose decoder turns samples into images; unset: pixel space
+    latent      vae: a converted AutoencoderKL folder (``diffjax convert``; a relative path is
+                looked up in the workdir, then the current directory); set, the model trains on
+                the latents ``diffjax encode`` caches from ``data`` and samples decode to images;
+                unset: pixel space. cache: the cache directory (relative: in the workdir;
+                default WORKDIR/latents); posterior: 'sample' (one fixed draw per image) or
+                'mean'; batch_size: images per encoder call (latent/cache.py)
 """
 from __future__ import annotations
 
@@ -82,7 +86,9 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
         classifier="classifier_tiny", classifier_steps=500,
         classifier_resolution=config_dict.placeholder(int)))
 
-    c.latent = ml_collections.ConfigDict(dict(vae=config_dict.placeholder(str)))
+    c.latent = ml_collections.ConfigDict(dict(vae=config_dict.placeholder(str),
+                                              cache=config_dict.placeholder(str),
+                                              posterior="sample", batch_size=64))
     return c
 
 

@@ -93,8 +93,10 @@ class EvalClassifier:
 
 def _data_arrays(config, limit: int | None = None):
     from diffjax.data import registry as data_registry
+    from diffjax.latent.cache import image_data
 
-    src = data_registry.get_source(config.data)
+    # a latent run's samples are decoded: compare them with the images behind its latents
+    src = data_registry.get_source(image_data(config))
     x = getattr(src, "x", None)
     y = getattr(src, "labels", None)
     if x is None:  # generic random-access source

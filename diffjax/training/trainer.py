@@ -33,7 +33,6 @@ import numpy as np
 
 from diffjax.core import samplers
 from diffjax.data import pipeline
-from diffjax.data import registry as data_registry
 from diffjax.models import registry as model_registry
 from diffjax import guidance, inference
 from diffjax.training import checkpoint, evaluation, metrics, preemption, sharding
@@ -90,17 +89,22 @@ def train(config, workdir: str, *, callbacks: Sequence[Callable] = (),
 
 def _train(config, workdir, callbacks, bar, t_start) -> dict:
     # ---- setup ---------------------------------------------------------------------------------
-    source = data_registry.get_source(config.data)
+    from diffjax import latent
+
+    # pixel data, or with config.latent.vae the latent cache `diffjax encode` wrote (checked
+    # against the VAE and the data section); latents are never flipped (the cache holds the
+    # flipped images' latents instead)
+    source, flip = latent.training_source(config, workdir)
     example_shape = tuple(np.shape(source[0]["x"]))
     model = model_registry.build_model(config.model)
     mesh = step_lib.make_mesh(config, model, example_shape)
+    vae = inference.run_vae(config, workdir, mesh, example_shape)   # decodes grids; None: pixels
     ts = step_lib.make_train_step(config, model, mesh, example_shape=example_shape)
     classes = step_lib.num_classes(model)
     if classes and source.num_classes > classes:
         raise ValueError(f"config.model.num_classes = {classes} but data source "
                          f"{config.data.name!r} has {source.num_classes} classes")
-    data_iter = pipeline.make_iterator(source, ts.micro_batch, seed=config.seed,
-                                       flip=config.data.flip)
+    data_iter = pipeline.make_iterator(source, ts.micro_batch, seed=config.seed, flip=flip)
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=config.checkpoint.keep,
                                    async_save=config.checkpoint.async_save)
@@ -199,10 +203,10 @@ def _train(config, workdir, callbacks, bar, t_start) -> dict:
                     cb(step, state, m)
                 if _every(config.sample.every, step, False):
                     _write_samples(ts, state, config, workdir, writer, step, classes, example_shape,
-                                   bar)
+                                   bar, vae)
                 if config.eval.every and step % config.eval.every == 0 and not last:
                     writer.write_scalars(step, _evaluate(ts, state, config, workdir, step, classes,
-                                                         example_shape, bar))
+                                                         example_shape, bar, vae))
                 if guard.requested():
                     break
             if pending is not None:
@@ -230,9 +234,9 @@ def _train(config, workdir, callbacks, bar, t_start) -> dict:
                    steps_per_second=(step - start // accum) / max(t_train, 1e-9))
     if config.sample.num > 0:
         summary["samples"] = _write_samples(ts, state, config, workdir, writer, step, classes,
-                                            example_shape, bar)
+                                            example_shape, bar, vae)
     if config.eval.at_end:
-        ev = _evaluate(ts, state, config, workdir, step, classes, example_shape, bar)
+        ev = _evaluate(ts, state, config, workdir, step, classes, example_shape, bar, vae)
         writer.write_scalars(step, ev)
         summary.update(ev)
     bar.close()
@@ -243,8 +247,9 @@ def _train(config, workdir, callbacks, bar, t_start) -> dict:
     return summary
 
 
-def _write_samples(ts, state, config, workdir, writer, step, classes, example_shape, bar) -> str:
-    run = inference.from_state(ts, state, config, classes, example_shape)
+def _write_samples(ts, state, config, workdir, writer, step, classes, example_shape, bar,
+                   vae=None) -> str:
+    run = inference.from_state(ts, state, config, classes, example_shape, vae)
     s = config.sample
     bar.phase(f"step {step}: sample grid ({s.num} samples, {s.sampler}, {s.steps} steps, "
               f"guidance {guidance.describe(guidance.resolve(s.guidance))})")
@@ -260,8 +265,8 @@ def _write_samples(ts, state, config, workdir, writer, step, classes, example_sh
     return path
 
 
-def _evaluate(ts, state, config, workdir, step, classes, example_shape, bar) -> dict:
-    run = inference.from_state(ts, state, config, classes, example_shape)
+def _evaluate(ts, state, config, workdir, step, classes, example_shape, bar, vae=None) -> dict:
+    run = inference.from_state(ts, state, config, classes, example_shape, vae)
     e = config.eval
     bar.phase(f"step {step}: evaluation ({e.num_samples} samples, {e.sampler}, {e.steps} steps, "
               f"guidance {guidance.describe(guidance.resolve(e.guidance))})")

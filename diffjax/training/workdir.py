@@ -34,7 +34,8 @@ CHANGES_NAME = "config_changes.jsonl"
 # Dotted prefixes whose change breaks a resumed run ("optim.accum_steps" changes the optimizer
 # state's structure, "ema." its averages, "seed" would be silently ignored: the RNG and the data
 # position come from the checkpoint).
-BREAKING = ("model.", "data.", "diffusion.", "batch_size", "optim.accum_steps", "ema.", "seed")
+BREAKING = ("model.", "data.", "diffusion.", "batch_size", "optim.accum_steps", "ema.", "seed",
+            "latent.posterior")
 # ...except these, which name where things are rather than what they are.
 ALLOWED_INSIDE_BREAKING = ("data.data_dir",)
 # Keys whose change breaks the run only between some values: turning gradient clipping on or off
