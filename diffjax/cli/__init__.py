@@ -4,6 +4,7 @@
     diffjax distill  --config configs/distill_progressive.py --teacher RUN --workdir DIR
     diffjax sample   --workdir DIR --num 100 --sampler heun --steps 18 --guidance 2 --out grid.png
     diffjax evaluate --workdir DIR [--num 500 --sampler heun --steps 18 --guidance 2]
+    diffjax evaluate --workdir DIR --metric fid --ref stats.npz --inception FILE [--write_ref]
     diffjax sample   --workdir DIR --guidance NAME --guidance.scale W --guidance.FIELD V ...
     diffjax preflight --config configs/imagenet256_dit_xl2.py --topology v5p:4x4x4 [--config.x=y]
                      [--teacher RUN]   (a distillation config: its teacher's state is counted)
@@ -69,6 +70,7 @@ from diffjax.cli import search as _search  # noqa: E402  (defines the search fla
 from diffjax.cli import distill as _distill  # noqa: E402  (defines the distill flags)
 from diffjax.cli import convert as _convert  # noqa: E402  (defines the convert flags)
 from diffjax.cli import encode as _encode  # noqa: E402
+from diffjax.cli import fid as _fid  # noqa: E402  (defines the evaluate --metric fid flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python file "
                                           "with get_config()), e.g. configs/digits.py; "
@@ -375,6 +377,9 @@ def cmd_evaluate():
     run = _load_run(workdir, typed, names)
     st = inference.settings(run, "eval", names=names, **typed)
     _say(_summary_line("evaluate", workdir, st))
+    if _fid.metric() == "fid":
+        print(json.dumps(_printable(_fid.evaluate_fid(run, workdir, st)), indent=1))
+        return
     res = evaluation.evaluate(run, workdir, num_samples=st["num"], sampler=st["sampler"],
                               steps=st["steps"], guidance=st["guidance"], seed=st["seed"],
                               params_name=st["params"], spacing=st["spacing"])
@@ -450,6 +455,8 @@ def _main(argv):
         if cmd in ("sample", "evaluate"):
             _need_workdir(cmd)
             _check_typed_numbers()
+        if cmd == "evaluate":
+            _fid.check_flags()
         if cmd == "restore":            # its mistakes answered before jax is imported
             _need_workdir(cmd)
             _restore.check_flags()

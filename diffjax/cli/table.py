@@ -31,9 +31,12 @@ COMMANDS = {
                "--workdir DIR [--num N --sampler NAME --steps N --guidance NAME|W --guidance.FIELD V "
                "--out PNG]",
                DRAW + ("out", "npz") + HOSTS),
-    "evaluate": ("sample quality of a trained run: Frechet distance, class accuracy",
-                 "--workdir DIR [--num N --sampler NAME --steps N --guidance NAME|W]",
-                 DRAW + HOSTS),
+    "evaluate": ("sample quality of a trained run: Frechet distance and class accuracy, or FID",
+                 "--workdir DIR [--num N --sampler NAME --steps N --guidance NAME|W] "
+                 "[--metric fid --ref STATS.npz --inception FILE --write_ref]",
+                 DRAW + ("metric", "ref", "inception", "inception_convention", "write_ref",
+                         "ref_num")
+                 + HOSTS),
     "preflight": ("compile a config for a TPU slice (or this machine): memory, FLOPs, fit",
                   "--config FILE [--topology v5p:4x4x4 --slices N] [--teacher DIR] "
                   "[--config.KEY=VALUE ...]",
@@ -69,7 +72,9 @@ METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sample
             "method": "NAME", "strength": "W", "factor": "F", "mask": "KIND",
             "mask_keep": "P", "kernel_size": "K", "blur_std": "S", "noise_std": "S",
             "budget": "NFE", "reward": "SPEC", "label": "K", "lam": "L",
-            "classifier_workdir": "DIR", "teacher": "DIR", "slices": "N", "from": "FORMAT"}
+            "classifier_workdir": "DIR", "teacher": "DIR", "slices": "N", "from": "FORMAT",
+            "metric": "NAME", "ref": "FILE", "inception": "FILE", "inception_convention": "NAME",
+            "ref_num": "N"}
 
 
 # Every flag the CLI defines; each command takes the ones listed in COMMANDS. absl's own flags

@@ -187,7 +187,7 @@ def test_npz_missing_file(tmp_path):
 
 def test_registry_builds_every_offline_source():
     ml_collections = pytest.importorskip("ml_collections")
-    assert set(names()) == {"digits", "shapes", "toy2d", "tfds", "folder", "npz"}
+    assert set(names()) == {"digits", "shapes", "toy2d", "tfds", "folder", "npz", "latents"}
     digits = get_source(ml_collections.ConfigDict({"name": "digits", "split": "test"}))
     assert len(digits) == 297 and digits[0]["x"].shape == (16, 16, 1) and digits.num_classes == 10
     shapes = get_source({"name": "shapes", "num_examples": 8, "seed": 1})
@@ -200,3 +200,5 @@ def test_registry_builds_every_offline_source():
         get_source({"name": "imagenet"})
     with pytest.raises(ValueError, match="needs config.dataset"):
         get_source({"name": "tfds"})
+    with pytest.raises(ValueError, match="needs config.path"):   # tests/latent builds real ones
+        get_source({"name": "latents"})
