@@ -10,9 +10,15 @@ decay, batch 256, EMA 0.9999, label dropout 0.1; sample with classifier-free gui
 4 for pictures). Compute in bf16 with float32 master weights and optimizer state; params, Adam
 moments and EMA are sharded FSDP-style (mesh fsdp='auto': the largest fsdp size that shards every
 matrix, the rest of the devices data-parallel; set e.g. --config.mesh.fsdp=64 to choose). The 28
-blocks run as one scanned, rematerialized block (model.scan_layers, model.remat). Data: an .npz of pre-encoded latents
-(``images`` (N, 32, 32, 4) float in [-1, 1] -- scale the SD-VAE latents into that range, e.g.
-latents * 0.18215 / 4 -- and ``labels`` (N,)).
+blocks run as one scanned, rematerialized block (model.scan_layers, model.remat). Data, either:
+- the latent pipeline (diffjax/latent): ImageNet images and the SD VAE converted with
+  ``diffjax convert --from diffusers sd-vae-ft-ema --workdir sd_vae``, then
+      diffjax encode --config configs/imagenet256_dit_xl2.py --workdir W --config.latent.vae=sd_vae \
+          --config.data.name=folder --config.data.path=/data/imagenet/train \
+          --config.data.resolution=256 --config.data.flip=True
+  and ``diffjax train`` with the same flags (samples decode through the VAE); or
+- an .npz of latents encoded elsewhere (``images`` (N, 32, 32, 4) float in [-1, 1] -- scale the
+  SD-VAE latents into that range, e.g. latents * 0.18215 / 4 -- and ``labels`` (N,)).
 """
 import ml_collections
 from ml_collections import config_dict
