@@ -13,7 +13,8 @@ Scheduler (``scheduler/scheduler_config.json``; defaults: DDPM's linear betas, 1
     beta_schedule linear | scaled_linear | squaredcos_cap_v2  ->  vp_discrete linear | scaled_linear
     | cosine (diffusers' squaredcos_cap_v2 is Nichol & Dhariwal's alpha-bar with betas capped at
     0.999, the same table); prediction_type epsilon | v_prediction | sample -> eps | v | x0;
-    timestep_spacing -> config.sample.spacing.
+    timestep_spacing -> config.sample.spacing; steps_offset -> the process's steps_offset (the
+    'leading' grid's shift, Stable Diffusion's 1).
 """
 from __future__ import annotations
 
@@ -73,7 +74,8 @@ def diffusion_fields(sched: dict) -> tuple[dict, dict]:
         raise ConvertError("scheduler trained_betas (an explicit beta table) is not supported")
     kw = dict(num_train_steps=int(sched.get("num_train_timesteps", 1000)),
               beta_start=float(sched.get("beta_start", 1e-4)),
-              beta_end=float(sched.get("beta_end", 0.02)), beta_schedule=_BETAS[beta])
+              beta_end=float(sched.get("beta_end", 0.02)), beta_schedule=_BETAS[beta],
+              steps_offset=int(sched.get("steps_offset", 0) or 0))
     spacing = sched.get("timestep_spacing", "leading")
     if spacing not in ("linspace", "leading", "trailing"):
         raise ConvertError(f"scheduler timestep_spacing {spacing!r} is not supported")

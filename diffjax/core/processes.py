@@ -109,7 +109,9 @@ class DiscreteVP(Process):
     """DDPM's discrete-time VP process; t in [0, T-1] (integer steps, log alpha_bar interpolated).
 
     beta_schedule: 'linear' (beta_start..beta_end, Ho et al. 2020), 'scaled_linear' (sqrt-linear,
-    Stable Diffusion) or 'cosine' (Nichol & Dhariwal 2021, betas clipped at 0.999).
+    Stable Diffusion) or 'cosine' (Nichol & Dhariwal 2021, betas clipped at 0.999). steps_offset:
+    diffusers' scheduler field (Stable Diffusion: 1), the shift of the 'leading' sampling grid
+    (timesteps.ddpm_timesteps); it does not change the process or training.
     """
 
     name: str = "vp_discrete"
@@ -117,6 +119,7 @@ class DiscreteVP(Process):
     beta_start: float = 1e-4
     beta_end: float = 0.02
     beta_schedule: str = "linear"
+    steps_offset: int = 0
     t_min: float = 0.0
     t_max: float = 999.0
 

@@ -79,11 +79,12 @@ def ddpm_timesteps(num_steps: int, num_train_steps: int = 1000, spacing: str = "
 
 
 def sigmas(process: P.Process, num_steps: int, spacing: str = "karras", *, sigma_min=None,
-           sigma_max=None, rho: float = 7.0, steps_offset: int = 0):
+           sigma_max=None, rho: float = 7.0, steps_offset: int | None = None):
     """Decreasing EDM-frame grid of length num_steps + 1 ending in 0 for ``process``.
 
     sigma_min / sigma_max default to the process's range (for 'karras'); for time-based spacings the
-    grid runs between the process's t_max and t_min.
+    grid runs between the process's t_max and t_min. ``steps_offset`` (the DDPM spacings) defaults
+    to the process's (``DiscreteVP.steps_offset``, a converted scheduler's).
     """
     _check_steps(num_steps)
     if spacing not in SPACINGS:
@@ -97,6 +98,8 @@ def sigmas(process: P.Process, num_steps: int, spacing: str = "karras", *, sigma
         if not isinstance(process, P.DiscreteVP):
             raise ValueError(f"spacing {spacing!r} is for the discrete DDPM process (vp_discrete), "
                              f"not {process.name!r}; use karras, uniform or logsnr")
+        if steps_offset is None:
+            steps_offset = int(getattr(process, "steps_offset", 0))
         ts = ddpm_timesteps(num_steps, process.num_train_steps, spacing, steps_offset)
         ab = process.alphas_cumprod()[ts]
         return _append_zero(jnp.asarray(np.sqrt((1 - ab) / ab), jnp.float32))

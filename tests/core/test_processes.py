@@ -86,6 +86,26 @@ def test_ddpm_spacings_match_lin_et_al_table():
     assert sig[-1] == 0
 
 
+def test_steps_offset_shifts_the_leading_grid_from_the_process():
+    """Stable Diffusion's scheduler (steps_offset=1): leading timesteps 901, 801, ..., 1; the
+    process carries the offset (a converted scheduler's), sigmas() reads it."""
+    from diffjax.convert.run import diffusion_fields
+
+    fields, _ = diffusion_fields({"steps_offset": 1, "timestep_spacing": "leading",
+                                  "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                                  "beta_end": 0.012})
+    proc = P.get("vp_discrete", **fields["process_kwargs"])
+    assert proc.steps_offset == 1
+    ts = np.arange(900, -1, -100) + 1
+    ab = proc.alphas_cumprod()
+    np.testing.assert_allclose(np.asarray(T.sigmas(proc, 10, "leading"))[:-1],
+                               np.sqrt((1 - ab[ts]) / ab[ts]), rtol=1e-5)
+    # an explicit offset wins; the default process has none
+    np.testing.assert_allclose(T.sigmas(proc, 10, "leading", steps_offset=0),
+                               T.sigmas(P.get("vp_discrete", beta_schedule="scaled_linear",
+                                              beta_start=0.00085, beta_end=0.012), 10, "leading"))
+
+
 def test_karras_grid():
     s = np.asarray(T.karras(18, 0.002, 80.0, 7.0))
     assert s.shape == (19,) and s[-1] == 0
