@@ -2,7 +2,7 @@
 
     diffjax convert --from diffusers DIR --workdir OUT [--scan_layers] [--overwrite]
 
-DIR: a diffusers model folder (DiTTransformer2DModel, UNet2DModel:
+DIR: a diffusers model folder (DiTTransformer2DModel, PixArtTransformer2DModel, UNet2DModel:
 config.json + diffusion_pytorch_model.safetensors or .bin) or a pipeline folder (model_index.json
 with transformer/ or unet/, scheduler/, vae/). OUT becomes a run: ``diffjax sample --workdir OUT``.
 An AutoencoderKL folder converts into OUT as a VAE folder (vae.json + params.safetensors), what

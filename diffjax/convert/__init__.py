@@ -25,6 +25,7 @@ from diffjax.convert.state_dict import ConvertError, StateDict, load_file, read_
 
 ARCHITECTURES = {
     "DiTTransformer2DModel": "diffjax.convert.dit",
+    "PixArtTransformer2DModel": "diffjax.convert.pixart",
     "UNet2DModel": "diffjax.convert.unet2d",
     "AutoencoderKL": "diffjax.convert.vae",
 }

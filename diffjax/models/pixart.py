@@ -11,6 +11,10 @@ Context (B, M, context_dim) (e.g. T5 tokens) passes a caption MLP (context_dim -
 ``context=None`` uses a learned null sequence of ``context_len`` tokens (the CFG null caption; the
 paper keeps a fixed random buffer, here it is a parameter). ``context_mask`` (B, M) marks valid
 tokens. CEP (train, cep_gamma > 0) perturbs the class embedding and the projected context tokens.
+``micro_conditions`` (PixArt-alpha's 1024 models, Sec. 2.4 "multi-aspect"): t += [r_emb(H) | r_emb(W) |
+a_emb(H / W)], each a timestep-style embedder of width D/3 on the image's pixel size (the latent's
+size times ``pixels_per_latent``) and aspect ratio, so a converted PixArt-XL-2-1024-MS sees the
+micro-conditions its pipeline passes.
 ``return_intermediates`` returns every block's prediction through the shared final layer (DeeDiff).
 ``remat`` rematerializes each block (models/remat.py); ``scan_layers=True`` runs the blocks as one
 ``nn.scan`` over stacked params 'blocks/block/...' (models/scan.py converts from 'block_i').
@@ -24,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from diffjax.models import remat as remat_lib
-from diffjax.models.embeddings import cep_perturb, condition_embedding, sincos_2d
+from diffjax.models.embeddings import (TimestepEmbedder, cep_perturb, condition_embedding,
+                                       sincos_2d)
 from diffjax.models.layers import (CrossAttention, Mlp, SelfAttention, modulate, normal002,
                                    patchify, plain_layer_norm, unpatchify, xavier, zeros)
 from diffjax.models.partitioning import constrain, gathered_dot
@@ -118,10 +123,24 @@ class PixArt(nn.Module):
     cep_gamma: float = 0.0
     cep_kind: str = "uniform"
     guidance_embed: bool = False      # a guidance-distilled student: w enters the condition
+    micro_conditions: bool = False    # resolution + aspect-ratio embeddings (PixArt-alpha 1024)
+    pixels_per_latent: int = 8        # the pixel size the micro-conditions see is H * this
     remat: str = "none"               # per-block rematerialization policy (models/remat.py)
     scan_layers: bool = False         # the blocks as one nn.scan over stacked params
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+
+    def _micro_conditions(self, b: int, hgt: int, wid: int, d: int) -> jax.Array:
+        """[r_emb(H_px) | r_emb(W_px) | a_emb(H/W)] (B, D): the resolution and aspect embeddings."""
+        if d % 3:
+            raise ValueError(f"micro_conditions need hidden_size divisible by 3, got {d}")
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        f = self.pixels_per_latent
+        res = jnp.asarray([hgt * f, wid * f], jnp.float32)
+        r = TimestepEmbedder(d // 3, self.freq_dim, name="resolution_embedder", **kw)(res)
+        a = TimestepEmbedder(d // 3, self.freq_dim, name="aspect_ratio_embedder", **kw)(
+            jnp.asarray([hgt / wid], jnp.float32))
+        return jnp.broadcast_to(jnp.concatenate([r.reshape(-1), a.reshape(-1)])[None], (b, d))
 
     def scan_layout(self) -> dict:
         """The stacked <-> per-block parameter layout (``models/scan.py``)."""
@@ -143,6 +162,8 @@ class PixArt(nn.Module):
         z = nn.Dense(d, kernel_init=xavier, name="x_embedder", **kw)(patchify(x.astype(self.dtype), p))
         z = z + sincos_2d(gh, gw, d, self.pe_scale).astype(self.dtype)[None]
         t = condition_embedding(self, d, noise_labels, labels, train, guidance=guidance)
+        if self.micro_conditions:
+            t = t + self._micro_conditions(b, hgt, wid, d)
         t0 = nn.Dense(6 * d, kernel_init=normal002, name="t_block", dot_general=gathered_dot,
                       **kw)(constrain(nn.silu(t), "batch", None))
         t0 = constrain(t0, "batch", None)          # gathered once, not split in every block
