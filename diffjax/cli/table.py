@@ -47,7 +47,7 @@ COMMANDS = {
                 ("workdir", "operator", "input", "out", "method", "strength", "steps", "sampler",
                  "spacing", "seed", "params", "checkpoint_step", "measured", "factor", "mask",
                  "mask_keep", "kernel_size", "blur_std", "noise_std", "npz") + HOSTS),
-    "convert": ("convert a diffusers checkpoint (DiT, UNet2DModel, AutoencoderKL) into "
+    "convert": ("convert a diffusers checkpoint (DiT, PixArt, UNet2DModel, AutoencoderKL) into "
                 "a run directory",
                 "--from diffusers DIR --workdir OUT [--scan_layers] [--overwrite]",
                 ("from", "workdir", "scan_layers", "overwrite")),
@@ -62,6 +62,12 @@ COMMANDS = {
                ("workdir", "method", "budget", "reward", "num", "label", "lam",
                 "classifier_workdir", "sampler", "steps", "spacing", "guidance", "params",
                 "checkpoint_step", "seed", "out", "npz") + HOSTS),
+    "classify": ("zero-shot classification with a class-conditional run: the diffusion "
+                 "classifier (per-class denoising error, adaptive elimination)",
+                 "--workdir DIR --images FILE|FOLDER|--split NAME [--schedule NAME --num N "
+                 "--seed N --max_batch N --npz FILE]",
+                 ("workdir", "images", "split", "schedule", "num", "seed", "max_batch", "params",
+                  "checkpoint_step", "npz") + HOSTS),
 }
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-helpshort", "-?")
 METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sampler": "NAME",
@@ -75,6 +81,7 @@ METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sample
             "classifier_workdir": "DIR", "teacher": "DIR", "slices": "N", "from": "FORMAT",
             "metric": "NAME", "ref": "FILE", "inception": "FILE", "inception_convention": "NAME",
             "ref_num": "N"}
+METAVAR.update({"images": "FILE|DIR", "split": "NAME", "schedule": "NAME", "max_batch": "N"})
 
 
 # Every flag the CLI defines; each command takes the ones listed in COMMANDS. absl's own flags

@@ -18,7 +18,6 @@ import os
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
 from diffjax.distill import targets
 
@@ -80,21 +79,8 @@ def load(fields: dict, objective: str, example_shape=None) -> Teacher:
 def into(student_params, teacher_params, objective: str):
     """The student's initial params: every teacher leaf copied into the student's structure
     (which may have more leaves, e.g. a w embedding, that keep their fresh init); a teacher leaf
-    missing from the student or of another shape is an error naming it."""
-    flat_s = {jax.tree_util.keystr(k): v for k, v in
-              jax.tree_util.tree_flatten_with_path(student_params)[0]}
-    out = dict(flat_s)
-    for k, v in jax.tree_util.tree_flatten_with_path(teacher_params)[0]:
-        name = jax.tree_util.keystr(k)
-        if name not in flat_s:
-            raise ValueError(f"objective {objective!r}: the teacher's parameter {name} has no "
-                             f"place in the student's network (config.model must be the "
-                             f"teacher's)")
-        if tuple(flat_s[name].shape) != tuple(v.shape):
-            raise ValueError(f"objective {objective!r}: the teacher's parameter {name} has shape "
-                             f"{tuple(v.shape)}, the student's {tuple(flat_s[name].shape)}")
-        out[name] = jnp.asarray(v, flat_s[name].dtype)
-    paths = [jax.tree_util.keystr(k) for k, _ in
-             jax.tree_util.tree_flatten_with_path(student_params)[0]]
-    return jax.tree_util.tree_unflatten(jax.tree.structure(student_params),
-                                        [out[p] for p in paths])
+    missing from the student or of another shape is an error naming it (``init_from.merge``)."""
+    from diffjax.training import init_from
+
+    return init_from.merge(student_params, teacher_params, f"objective {objective!r} (the source: "
+                           f"its teacher)")

@@ -86,6 +86,9 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
         classifier="classifier_tiny", classifier_steps=500,
         classifier_resolution=config_dict.placeholder(int)))
 
+    # fine-tuning: start the params from another (trained or converted) run's weights (init_from.py)
+    c.init_from = ml_collections.ConfigDict(dict(workdir="", params="", step=-1))
+
     c.latent = ml_collections.ConfigDict(dict(vae=config_dict.placeholder(str),
                                               cache=config_dict.placeholder(str),
                                               posterior="sample", batch_size=64))

@@ -3,7 +3,8 @@
     summary = train(config, workdir)
 
 Phases: validate the config -> lock the workdir -> setup (mesh, data, model, step, checkpoints)
--> resume (config compared with the saved one) or init -> loop -> final save, samples and
+-> resume (config compared with the saved one) or init (from ``config.init_from``'s weights when it
+names a run: fine-tuning, init_from.py) -> loop -> final save, samples and
 evaluation. Inside the loop each micro-step
     1. reads a batch (each process its own shard) and assembles the global array,
     2. runs the jitted step (step.py),
@@ -35,7 +36,7 @@ from diffjax.core import samplers
 from diffjax.data import pipeline
 from diffjax.models import registry as model_registry
 from diffjax import guidance, inference
-from diffjax.training import checkpoint, evaluation, metrics, preemption, sharding
+from diffjax.training import checkpoint, evaluation, init_from, metrics, preemption, sharding
 from diffjax.training import progress as progress_lib
 from diffjax.training import step as step_lib
 from diffjax.training import validation
@@ -124,6 +125,10 @@ def _train(config, workdir, callbacks, bar, t_start) -> dict:
                 inference.save_run_info(workdir, config, example_shape, classes)
         else:
             state = ts.init_state(jax.random.key(config.seed))
+            state, started = init_from.apply(ts, state, config, model, example_shape)
+            if started:
+                logging.info("params start from %s (set %s, step %d)", started["workdir"],
+                             started["params"], started["step"])
             if first:
                 inference.save_run_info(workdir, config, example_shape, classes)
     except BaseException:

@@ -147,3 +147,28 @@ def test_bad_checkpoints_are_refused_by_name(tmp_path):
                                                                   "w"))
     with pytest.raises(convert.ConvertError, match="SD3Transformer2DModel"):
         convert.convert_model_dir(d)
+
+
+def test_finetune_a_converted_run(tmp_path):
+    """diffjax convert, then diffjax train --config configs/finetune.py:RUN on an .npz of the
+    model's example shape: training starts at the converted weights (no optimizer state needed)."""
+    from diffjax import inference
+    from tests.training.util import ROOT, run_cli
+
+    src = tmp_path / "dit"
+    _save(_diffusers_dit(), src)
+    run = str(tmp_path / "run")
+    assert run_cli("convert", "--from", "diffusers", str(src), "--workdir", run).returncode == 0
+    rng = np.random.default_rng(0)
+    data = str(tmp_path / "data.npz")
+    np.savez(data, images=rng.uniform(-1, 1, (16, 8, 8, 4)).astype(np.float32),
+             labels=rng.integers(0, 10, 16))
+    ft = str(tmp_path / "ft")
+    p = run_cli("train", "--config", os.path.join(ROOT, "configs", "finetune.py") + ":" + run,
+                "--workdir", ft, f"--config.data.path={data}", "--config.total_steps=2",
+                "--config.batch_size=4", "--config.checkpoint.every=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    conv = jax.tree_util.tree_leaves(inference.load(run).params["params"])
+    tuned = jax.tree_util.tree_leaves(inference.load(ft, params="params").params["params"])
+    diff = max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(conv, tuned))
+    assert 0 < diff < 1e-3            # 2 AdamW steps of lr <= 1e-4 from the converted weights
