@@ -52,8 +52,10 @@ def check_flags() -> None:
                            f"{', '.join(METRICS)}")
     given = [n for n, f in (("ref", _REF), ("inception", _INCEPTION)) if f.value]
     if _METRIC.value == "fd":
-        if given or _WRITE_REF.value or _REF_NUM.value is not None:
-            raise CommandError(f"--{(given or ['write_ref'])[0]} is for --metric fid")
+        given += [n for n, on in (("write_ref", _WRITE_REF.value),
+                                  ("ref_num", _REF_NUM.value is not None)) if on]
+        if given:
+            raise CommandError(f"--{given[0]} is for --metric fid")
         return
     if _REF_NUM.value is not None and (not _WRITE_REF.value or _REF_NUM.value < 2):
         raise CommandError(f"--ref_num {_REF_NUM.value}: needs --write_ref and at least 2 images")

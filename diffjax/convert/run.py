@@ -172,19 +172,11 @@ def _leaves(tree):
 
 def _check_tree(params, model, example_shape) -> None:
     """The converted tree must be exactly the module's (same paths and shapes)."""
-    from flax import traverse_util
-
     from diffjax.models import registry
 
-    want = traverse_util.flatten_dict(registry.param_shapes(model, example_shape), sep="/")
-    got = traverse_util.flatten_dict(params, sep="/")
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    bad = [k for k in set(want) & set(got) if tuple(want[k].shape) != tuple(np.shape(got[k]))]
-    if missing or extra or bad:
-        raise ConvertError("converted params do not fit the diffjax model: "
-                           + "; ".join(f"{t}: {', '.join(v[:4])}" for t, v in
-                                       (("missing", missing), ("unexpected", extra),
-                                        ("wrong shape", sorted(bad))) if v))
+    what = registry.tree_mismatch(registry.param_shapes(model, example_shape), params)
+    if what:
+        raise ConvertError(f"converted params do not fit the diffjax model: {what}")
 
 
 def _class_name(model_dir: str) -> str | None:

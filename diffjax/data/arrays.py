@@ -97,3 +97,15 @@ class ArraySource:
 
     def __repr__(self) -> str:
         return f"ArraySource(x={self.x.shape}, num_classes={self.num_classes})"
+
+
+def source_arrays(source, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` (default: all) examples of a source as (x float32, labels int32): an
+    in-memory source's arrays directly, any other random-access source item by item."""
+    n = len(source) if limit is None else min(int(limit), len(source))
+    x = getattr(source, "x", None)
+    if x is not None:
+        return np.asarray(x[:n], np.float32), np.asarray(source.labels[:n], np.int32)
+    items = [source[i] for i in range(n)]
+    return (np.stack([it["x"] for it in items]).astype(np.float32),
+            np.asarray([it["label"] for it in items], np.int32))

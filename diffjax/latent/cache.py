@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffjax.data.arrays import source_arrays
 from diffjax.latent.vae import Vae, find_vae, fingerprint, load_vae
 
 LATENTS_FILE, LABELS_FILE, META_FILE = "latents.npy", "labels.npy", "meta.json"
@@ -90,15 +91,6 @@ def encode_images(vae: Vae, images: np.ndarray, *, batch_size: int = 64, mesh=No
     return out
 
 
-def _source_arrays(source) -> tuple[np.ndarray, np.ndarray]:
-    x = getattr(source, "x", None)
-    if x is not None:
-        return np.asarray(x, np.float32), np.asarray(source.labels, np.int32)
-    items = [source[i] for i in range(len(source))]
-    return (np.stack([it["x"] for it in items]).astype(np.float32),
-            np.asarray([it["label"] for it in items], np.int32))
-
-
 def cache_path(config, workdir: str | None) -> str:
     """The cache directory of ``config``: ``config.latent.cache`` (relative: inside the workdir),
     default ``WORKDIR/latents``."""
@@ -126,7 +118,7 @@ def encode_config(config, workdir: str | None, *, mesh=None, progress=None) -> d
     vae = load_vae(find_vae(config.latent.vae, workdir))
     t0 = time.time()
     source = data_registry.get_source(config.data)
-    images, labels = _source_arrays(source)
+    images, labels = source_arrays(source)
     if images.ndim != 4:
         raise ValueError(f"data source {config.data.name!r} gives examples of shape "
                          f"{images.shape[1:]}: a VAE encodes images (H, W, C)")

@@ -132,18 +132,13 @@ def load_vae(folder: str) -> Vae:
 
 
 def _check_params(module, params, folder: str) -> None:
-    from flax import traverse_util
+    from diffjax.models.registry import tree_mismatch
 
     size = 2 ** (len(module.block_out_channels) - 1) * 2
     want = jax.eval_shape(lambda k: module.init(k, jnp.zeros((1, size, size, module.in_channels))),
                           jax.random.key(0))["params"]
-    want = traverse_util.flatten_dict(want, sep="/")
-    got = traverse_util.flatten_dict(params, sep="/")
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    bad = sorted(k for k in set(want) & set(got) if tuple(want[k].shape) != np.shape(got[k]))
-    if missing or extra or bad:
-        what = "; ".join(f"{t}: {', '.join(v[:3])}" for t, v in
-                         (("missing", missing), ("unexpected", extra), ("wrong shape", bad)) if v)
+    what = tree_mismatch(want, params, show=3)
+    if what:
         raise ValueError(f"{folder}/{PARAMS_FILE} does not fit its {FIELDS_FILE} ({what}); "
                          f"re-run diffjax convert for this VAE")
 

@@ -12,7 +12,6 @@ samples are never all held at once.
 """
 from __future__ import annotations
 
-import numpy as np
 
 from diffjax.metrics import fid as fid_lib
 
@@ -38,14 +37,11 @@ def reference_stats(config, features: "fid_lib.Features", limit: int | None = No
     """(mu, sigma) of the Inception features of the run's training images (for a latent run, the
     images behind its latents: ``latent.image_data``), the first ``limit`` of them."""
     from diffjax.data import registry as data_registry
+    from diffjax.data.arrays import source_arrays
     from diffjax.latent.cache import image_data
 
-    src = data_registry.get_source(image_data(config))
-    x = getattr(src, "x", None)
-    n = len(src) if limit is None else min(int(limit), len(src))
-    if x is None:
-        x = np.stack([src[i]["x"] for i in range(n)])
-    x = np.asarray(x[:n], np.float32)
+    x, _ = source_arrays(data_registry.get_source(image_data(config)), limit)
+    n = len(x)
     if x.ndim != 4:
         raise ValueError(f"FID needs images; data source {config.data.name!r} gives examples of "
                          f"shape {x.shape[1:]}")

@@ -127,6 +127,20 @@ def param_shapes(module: nn.Module, input_shape: Sequence[int]):
     return jax.eval_shape(lambda k: module.init(k, *args), jax.random.PRNGKey(0))["params"]
 
 
+def tree_mismatch(want, got, show: int = 4) -> str:
+    """How the params ``got`` differ from the shapes ``want`` (nested dicts): 'missing: ...;
+    unexpected: ...; wrong shape: ...' naming up to ``show`` paths each, '' when they fit."""
+    from flax import traverse_util
+
+    want = traverse_util.flatten_dict(want, sep="/")
+    got = traverse_util.flatten_dict(got, sep="/")
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    bad = sorted(k for k in set(want) & set(got)
+                 if tuple(want[k].shape) != tuple(np.shape(got[k])))
+    return "; ".join(f"{t}: {', '.join(v[:show])}" for t, v in
+                     (("missing", missing), ("unexpected", extra), ("wrong shape", bad)) if v)
+
+
 def count_params(config_or_module, input_shape: Optional[Sequence[int]] = None) -> int:
     """Number of parameters of a config (its ``input_shape`` by default) or module, via eval_shape."""
     if isinstance(config_or_module, nn.Module):

@@ -93,18 +93,13 @@ class EvalClassifier:
 
 def _data_arrays(config, limit: int | None = None):
     from diffjax.data import registry as data_registry
+    from diffjax.data.arrays import source_arrays
     from diffjax.latent.cache import image_data
 
     # a latent run's samples are decoded: compare them with the images behind its latents
     src = data_registry.get_source(image_data(config))
-    x = getattr(src, "x", None)
-    y = getattr(src, "labels", None)
-    if x is None:  # generic random-access source
-        n = len(src) if limit is None else min(limit, len(src))
-        items = [src[i] for i in range(n)]
-        x = np.stack([it["x"] for it in items])
-        y = np.asarray([it["label"] for it in items], np.int32)
-    return np.asarray(x, np.float32), np.asarray(y, np.int32), int(src.num_classes)
+    x, y = source_arrays(src, limit)
+    return x, y, int(src.num_classes)
 
 
 def get_classifier(workdir: str, config) -> EvalClassifier:

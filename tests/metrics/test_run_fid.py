@@ -27,6 +27,7 @@ def inception_file(tmp_path_factory):
     (["--metric", "fid", "--inception", "x.pth"], ["needs --ref"]),
     (["--metric", "fid", "--ref", "r.npz"], ["needs --inception"]),
     (["--ref", "r.npz"], ["--ref is for --metric fid"]),
+    (["--ref_num", "10"], ["--ref_num is for --metric fid"]),
     (["--metric", "fid", "--ref", "r.txt", "--inception", "x"], ["an .npz file"]),
     (["--metric", "fid", "--ref", "r.npz", "--inception", "/nonexistent.pth"],
      ["no such file", "nothing is downloaded"]),
