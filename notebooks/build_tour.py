@@ -31,25 +31,34 @@ transforms of `D`, and a sharded trainer. This notebook runs on a Colab CPU, GPU
 The first cell installs diffjax if the runtime does not have it; the second sets every size."""),
     ("code", """\
 # Install diffjax when it is not importable (a fresh Colab runtime). Where it is installed (a
-# checkout after `pip install -e .`, CI) this cell only prints the devices.
-DIFFJAX_REPO = "https://github.com/OWNER/diffjax"   # diffjax's git URL: the one place to set it
-
+# checkout after `pip install -e .`, CI) this cell only prints the devices. It installs from, in
+# order: DIFFJAX_REPO (diffjax's git URL, or the environment variable of that name), else a
+# diffjax sdist / wheel uploaded next to the notebook (`python setup.py sdist` in a checkout).
+import glob
 import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 
+DIFFJAX_REPO = os.environ.get("DIFFJAX_REPO", "")   # e.g. "https://github.com/OWNER/diffjax"
+
 if importlib.util.find_spec("diffjax") is None:
-    if "OWNER" in DIFFJAX_REPO:
-        raise RuntimeError("set DIFFJAX_REPO (first line of this cell) to diffjax's git URL")
+    local = sorted(glob.glob("diffjax-*.tar.gz") + glob.glob("diffjax-*.whl"))
+    if DIFFJAX_REPO:
+        source = f"diffjax @ git+{DIFFJAX_REPO}"
+    elif local:
+        source = local[-1]
+    else:
+        raise RuntimeError("diffjax is not installed: set DIFFJAX_REPO (this cell, or "
+                           "%env DIFFJAX_REPO=URL) to its git URL, or upload a diffjax sdist / wheel "
+                           "(python setup.py sdist in a checkout) next to this notebook")
     accel = []
     if os.path.exists("/dev/accel0") or "COLAB_TPU_ADDR" in os.environ:   # a TPU runtime
         accel = ["jax[tpu]>=0.10.2,<0.11"]
     elif shutil.which("nvidia-smi"):                                     # a GPU runtime
         accel = ["jax[cuda12]>=0.10.2,<0.11"]
-    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q",
-                           f"diffjax @ git+{DIFFJAX_REPO}", *accel])
+    subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", source, *accel])
     importlib.invalidate_caches()
 
 from diffjax import logs

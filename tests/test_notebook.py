@@ -8,6 +8,7 @@ import importlib.util
 import json
 import math
 import os
+import sys
 import time
 
 import pytest
@@ -51,6 +52,36 @@ def test_notebook_is_the_build_script_output_without_outputs():
     for c in stored.cells:
         if c.cell_type == "code":
             assert c.outputs == [] and c.execution_count is None
+
+
+def _install_cell():
+    built = _load("build_tour", os.path.join(ROOT, "notebooks", "build_tour.py"))
+    source = next(src for kind, src in built.CELLS if kind == "code")
+    # only the install branch: the part before the import of diffjax itself
+    return source[:source.index("from diffjax import logs")]
+
+
+def test_install_cell_picks_its_source(tmp_path, monkeypatch):
+    """The first cell's install branch on a runtime without diffjax (pip stubbed): DIFFJAX_REPO
+    first, else an uploaded sdist / wheel, else a RuntimeError saying both."""
+    import importlib.util as iu
+    import subprocess
+
+    code = _install_cell()
+    calls = []
+    monkeypatch.setattr(iu, "find_spec", lambda name, *a: None)
+    monkeypatch.setattr(subprocess, "check_call", lambda cmd: calls.append(cmd))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DIFFJAX_REPO", raising=False)
+    with pytest.raises(RuntimeError, match="DIFFJAX_REPO.*sdist"):
+        exec(code, {})
+    (tmp_path / "diffjax-0.1.0.tar.gz").write_bytes(b"")
+    exec(code, {})
+    assert "diffjax-0.1.0.tar.gz" in calls[-1] and calls[-1][:4] == [sys.executable, "-m", "pip",
+                                                                   "install"]
+    monkeypatch.setenv("DIFFJAX_REPO", "https://example.org/diffjax")
+    exec(code, {})
+    assert "diffjax @ git+https://example.org/diffjax" in calls[-1]
 
 
 @pytest.mark.slow
