@@ -13,6 +13,7 @@
                      --budget NFE --reward class:7|even|odd|... --num N --out grid.png
     diffjax convert  --from diffusers DIR --workdir OUT   (then: diffjax sample --workdir OUT)
     diffjax encode   --config CFG --workdir DIR   (config.latent.vae: the latents train reads)
+    diffjax classify --workdir DIR --images FILE|FOLDER|--split test [--schedule cifar10 --num N]
     diffjax COMMAND --help      that command's flags only, with the valid samplers, guidance
                                 methods and parameter sets (those of the run with --workdir DIR)
 
@@ -71,6 +72,7 @@ from diffjax.cli import distill as _distill  # noqa: E402  (defines the distill 
 from diffjax.cli import convert as _convert  # noqa: E402  (defines the convert flags)
 from diffjax.cli import encode as _encode  # noqa: E402
 from diffjax.cli import fid as _fid  # noqa: E402  (defines the evaluate --metric fid flags)
+from diffjax.cli import classify as _classify  # noqa: E402  (defines the classify flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python file "
                                           "with get_config()), e.g. configs/digits.py; "
@@ -445,7 +447,8 @@ _RUN = {"train": cmd_train, "distill": lambda: cmd_train("distill"), "sample": c
         "preflight": cmd_preflight, "restore": _restore.cmd_restore,
         "search": _search.cmd_search,
         "convert": lambda: _convert.cmd_convert(_need_workdir("convert"), POSITIONAL),
-        "encode": lambda: _encode.cmd_encode(_CONFIG.value, _need_workdir("encode"))}
+        "encode": lambda: _encode.cmd_encode(_CONFIG.value, _need_workdir("encode")),
+        "classify": _classify.cmd_classify}
 
 
 def _main(argv):
@@ -463,6 +466,9 @@ def _main(argv):
         if cmd == "search":
             _need_workdir(cmd)
             _search.check_flags()
+        if cmd == "classify":
+            _need_workdir(cmd)
+            _classify.check_flags()
         if cmd == "convert":
             _need_workdir(cmd)
             _convert.check_flags(POSITIONAL)
