@@ -29,10 +29,12 @@ setup(
     ],
     extras_require={
         # the notebook test (tests/test_notebook.py) executes notebooks/diffjax_tour.ipynb with nbclient
+        # statsmodels: the bundled series of diffjax.timeseries (tests/timeseries)
         "test": ["pytest>=8", "pytest-xdist>=3", "scipy>=1.12",
-                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8"],
+                 "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29", "matplotlib>=3.8",
+                 "statsmodels>=0.14"],
         "tpu": ["jax[tpu]>=0.10.2,<0.11"],
-        "experiments": ["matplotlib>=3.8"],   # the figures of experiments/*.py
+        "experiments": ["matplotlib>=3.8", "statsmodels>=0.14"],   # figures; the series data
         # parity with the PyTorch libraries (tests/interop): diffusers' models and pytorch-fid's
         # Inception with random weights; torch also reads .bin checkpoints in diffjax convert
         "interop": ["torch>=2.4", "diffusers>=0.30", "pytorch-fid>=0.3", "scipy>=1.12"],

@@ -14,6 +14,8 @@
     diffjax convert  --from diffusers DIR --workdir OUT   (then: diffjax sample --workdir OUT)
     diffjax encode   --config CFG --workdir DIR   (config.latent.vae: the latents train reads)
     diffjax classify --workdir DIR --images FILE|FOLDER|--split test [--schedule cifar10 --num N]
+    diffjax text     --workdir DIR [--num N --steps N --sampler tau_leaping|euler|aoarm]
+    diffjax forecast --workdir DIR [--num N --energy quantile --guidance_scale S --refine lmc]
     diffjax COMMAND --help      that command's flags only, with the valid samplers, guidance
                                 methods and parameter sets (those of the run with --workdir DIR)
 
@@ -73,6 +75,8 @@ from diffjax.cli import convert as _convert  # noqa: E402  (defines the convert 
 from diffjax.cli import encode as _encode  # noqa: E402
 from diffjax.cli import fid as _fid  # noqa: E402  (defines the evaluate --metric fid flags)
 from diffjax.cli import classify as _classify  # noqa: E402  (defines the classify flags)
+from diffjax.cli import text as _text  # noqa: E402  (defines the text flags)
+from diffjax.cli import forecast as _forecast  # noqa: E402  (defines the forecast flags)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (a Python file "
                                           "with get_config()), e.g. configs/digits.py; "
@@ -448,7 +452,8 @@ _RUN = {"train": cmd_train, "distill": lambda: cmd_train("distill"), "sample": c
         "search": _search.cmd_search,
         "convert": lambda: _convert.cmd_convert(_need_workdir("convert"), POSITIONAL),
         "encode": lambda: _encode.cmd_encode(_CONFIG.value, _need_workdir("encode")),
-        "classify": _classify.cmd_classify}
+        "classify": _classify.cmd_classify, "text": _text.cmd_text,
+        "forecast": _forecast.cmd_forecast}
 
 
 def _main(argv):
@@ -469,6 +474,9 @@ def _main(argv):
         if cmd == "classify":
             _need_workdir(cmd)
             _classify.check_flags()
+        if cmd in ("text", "forecast"):
+            _need_workdir(cmd)
+            (_text if cmd == "text" else _forecast).check_flags()
         if cmd == "convert":
             _need_workdir(cmd)
             _convert.check_flags(POSITIONAL)

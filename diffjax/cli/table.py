@@ -68,6 +68,17 @@ COMMANDS = {
                  "--seed N --max_batch N --npz FILE]",
                  ("workdir", "images", "split", "schedule", "num", "seed", "max_batch", "params",
                   "checkpoint_step", "npz") + HOSTS),
+    "text": ("samples of a trained discrete (RADD) text run with their network evaluations (NFE)",
+             "--workdir DIR [--num N --steps N --sampler tau_leaping|euler|aoarm --no_cache "
+             "--seed N]",
+             ("workdir", "num", "steps", "sampler", "no_cache", "seed", "params",
+              "checkpoint_step") + HOSTS),
+    "forecast": ("forecast a series run's held-out windows (TSDiff self-guidance), against "
+                 "seasonal-naive and linear baselines, optionally refining the linear forecasts",
+                 "--workdir DIR [--num N --steps N --energy quantile|mse|gaussian "
+                 "--guidance_scale S --refine none|sgd|lmc --refine_iters N --seed N]",
+                 ("workdir", "num", "steps", "sampler", "energy", "guidance_scale", "refine",
+                  "refine_iters", "seed", "checkpoint_step") + HOSTS),
 }
 HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "-helpshort", "-?")
 METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sampler": "NAME",
@@ -80,8 +91,9 @@ METAVAR = {"config": "FILE", "workdir": "DIR", "num": "N", "steps": "N", "sample
             "budget": "NFE", "reward": "SPEC", "label": "K", "lam": "L",
             "classifier_workdir": "DIR", "teacher": "DIR", "slices": "N", "from": "FORMAT",
             "metric": "NAME", "ref": "FILE", "inception": "FILE", "inception_convention": "NAME",
-            "ref_num": "N"}
-METAVAR.update({"images": "FILE|DIR", "split": "NAME", "schedule": "NAME", "max_batch": "N"})
+            "ref_num": "N", "images": "FILE|DIR", "split": "NAME", "schedule": "NAME",
+            "max_batch": "N", "energy": "NAME", "guidance_scale": "S", "refine": "NAME",
+            "refine_iters": "N"}
 
 
 # Every flag the CLI defines; each command takes the ones listed in COMMANDS. absl's own flags

@@ -110,6 +110,24 @@ def _npz(config) -> ArraySource:
     return ArraySource(images, labels)
 
 
+@register_source("series")
+def _series(config) -> ArraySource:
+    from diffjax.timeseries.series import source
+    return source(config)
+
+
+@register_source("eeg_sim")
+def _eeg_sim(config) -> ArraySource:
+    from diffjax.timeseries.signals import source
+    return source(config)
+
+
+@register_source("text")
+def _text(config) -> ArraySource:
+    from diffjax.discrete.text_data import text_source
+    return text_source(config)
+
+
 @register_source("latents")
 def _latents(config) -> ArraySource:
     from diffjax.latent.cache import load_cache

@@ -17,6 +17,7 @@ method's own fields}, and the CLI takes ``--guidance NAME --guidance.scale W --g
 sampling program (changing them never recompiles). Registered: none, classifier_free, interval,
 rescale, scheduled, auto, tstitch (T-Stitch: a small run for the first steps), classifier, elucd,
 gfcg (experimental), ppap (docs/GUIDANCE.md); steer, dps for inverse problems (docs/INVERSE.md);
+tsdiff, observation self-guidance for series (diffjax/timeseries);
 guidance_input and early_exit, which sample distilled students (diffjax/distill, docs/DISTILL.md).
 """
 from diffjax.guidance.registry import (METHODS, Context, Method, apply, check, compose, describe,
@@ -31,4 +32,5 @@ from diffjax.guidance import elucd as _elucd  # noqa: E402,F401  ('elucd')
 from diffjax.guidance import gfcg as _gfcg  # noqa: E402,F401  ('gfcg', experimental)
 from diffjax.guidance import ppap as _ppap  # noqa: E402,F401  ('ppap')
 from diffjax.guidance import measurement as _measurement  # noqa: E402,F401  (steer, dps)
+from diffjax.timeseries import self_guidance as _tsdiff  # noqa: E402,F401  ('tsdiff')
 from diffjax import distill as _distill  # noqa: E402,F401  (guidance_input, early_exit: distill/)

@@ -91,6 +91,11 @@ _register("classifier_small", name="classifier", input_shape=(32, 32, 3), num_cl
           channels=(32, 64, 128), num_res_blocks=2)
 
 
+# ---- Time-free token transformer (RADD, Ou et al. 2025): character-level text ---------------
+_register("token_transformer_mini", name="token_transformer", input_shape=(64,), vocab_size=29,
+          seq_len=64, hidden_size=128, depth=4, num_heads=4, mlp_ratio=4.0)
+
+
 def list_presets():
     return sorted(_PRESETS)
 

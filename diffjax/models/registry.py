@@ -26,6 +26,7 @@ from diffjax.models.pixart import PixArt
 from diffjax.models.unet import UNet
 from diffjax.models.unet2d import UNet2D
 from diffjax.models.unet1d import UNet1D
+from diffjax.models.token_transformer import TokenTransformer
 
 MODELS: Dict[str, type] = {
     "unet": UNet,
@@ -37,6 +38,7 @@ MODELS: Dict[str, type] = {
     "dimr": DiMR,
     "noisy_classifier": NoisyClassifier,
     "classifier": Classifier,
+    "token_transformer": TokenTransformer,
 }
 META_KEYS = ("name", "input_shape")
 DTYPE_FIELDS = ("dtype", "param_dtype")

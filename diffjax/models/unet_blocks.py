@@ -196,6 +196,10 @@ class AttentionBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         ch = x.shape[-1]
         heads = ch // self.num_head_channels if self.num_head_channels > 0 else self.num_heads
+        if heads < 1:
+            raise ValueError(f"attention over {ch} channels with num_head_channels = "
+                             f"{self.num_head_channels} gives no head: set num_head_channels <= "
+                             f"{ch} (or -1 to use num_heads)")
         if ch % heads:
             raise ValueError(f"attention channels {ch} not divisible by {heads} heads")
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)

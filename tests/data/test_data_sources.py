@@ -187,7 +187,8 @@ def test_npz_missing_file(tmp_path):
 
 def test_registry_builds_every_offline_source():
     ml_collections = pytest.importorskip("ml_collections")
-    assert set(names()) == {"digits", "shapes", "toy2d", "tfds", "folder", "npz", "latents"}
+    assert set(names()) == {"digits", "shapes", "toy2d", "tfds", "folder", "npz", "latents",
+                            "series", "eeg_sim", "text"}     # (tests/timeseries, tests/discrete)
     digits = get_source(ml_collections.ConfigDict({"name": "digits", "split": "test"}))
     assert len(digits) == 297 and digits[0]["x"].shape == (16, 16, 1) and digits.num_classes == 10
     shapes = get_source({"name": "shapes", "num_examples": 8, "seed": 1})

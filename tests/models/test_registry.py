@@ -18,7 +18,7 @@ def test_every_preset_builds_its_model():
 
 def test_registry_names():
     assert set(list_models()) == {"unet", "unet1d", "unet2d", "dit", "pixart", "dico", "dimr",
-                                  "noisy_classifier", "classifier"}
+                                  "noisy_classifier", "classifier", "token_transformer"}
 
 
 def test_required_presets_exist():
