@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffjax.convert.state_dict import ConvertError, StateDict, check_fields
+from diffjax.convert.state_dict import (ConvertError, StateDict, config_with_defaults,
+                                        learned_sigma)
 
 CLASS_NAME = "DiTTransformer2DModel"
 _FIELDS = {
@@ -44,21 +45,14 @@ _DEFAULTS = {"num_attention_heads": 16, "attention_head_dim": 72, "in_channels":
 
 
 def _cfg(hf: dict) -> dict:
-    check_fields(hf, _FIELDS, CLASS_NAME)
-    return {**_DEFAULTS, **{k: v for k, v in hf.items() if not k.startswith("_")}}
+    return config_with_defaults(hf, _FIELDS, _DEFAULTS, CLASS_NAME)
 
 
 def model_config(hf: dict) -> dict:
     """The diffjax ``dit`` model fields of a diffusers DiT config.json."""
     c = _cfg(hf)
-    cin, out = int(c["in_channels"]), c["out_channels"]
-    if out is None or int(out) == cin:
-        learn_sigma = False
-    elif int(out) == 2 * cin:
-        learn_sigma = True
-    else:
-        raise ConvertError(f"{CLASS_NAME}: out_channels = {out} with in_channels = {cin}: diffjax's "
-                           f"DiT predicts in_channels (or 2x: learned sigma)")
+    cin = int(c["in_channels"])
+    learn_sigma = learned_sigma(CLASS_NAME, cin, c["out_channels"])
     size, p = int(c["sample_size"]), int(c["patch_size"])
     if size % p:
         raise ConvertError(f"{CLASS_NAME}: sample_size {size} is not divisible by patch_size {p}")

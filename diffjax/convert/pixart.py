@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffjax.convert.state_dict import ConvertError, StateDict, check_fields
+from diffjax.convert.state_dict import (ConvertError, StateDict, config_with_defaults,
+                                        learned_sigma)
 
 CLASS_NAME = "PixArtTransformer2DModel"
 NULL_CONTEXT_LEN = 120          # PixArt-alpha's T5 sequence length (Sigma's pipeline uses 300)
@@ -50,21 +51,14 @@ _DEFAULTS = {"num_attention_heads": 16, "attention_head_dim": 72, "in_channels":
 
 
 def _cfg(hf: dict) -> dict:
-    check_fields(hf, _FIELDS, CLASS_NAME)
-    return {**_DEFAULTS, **{k: v for k, v in hf.items() if not k.startswith("_")}}
+    return config_with_defaults(hf, _FIELDS, _DEFAULTS, CLASS_NAME)
 
 
 def model_config(hf: dict) -> dict:
     """The diffjax ``pixart`` model fields of a diffusers PixArt config.json."""
     c = _cfg(hf)
-    cin, out = int(c["in_channels"]), c["out_channels"]
-    if out is None or int(out) == cin:
-        learn_sigma = False
-    elif int(out) == 2 * cin:
-        learn_sigma = True
-    else:
-        raise ConvertError(f"{CLASS_NAME}: out_channels = {out} with in_channels = {cin}: diffjax's "
-                           f"PixArt predicts in_channels (or 2x: learned sigma)")
+    cin = int(c["in_channels"])
+    learn_sigma = learned_sigma(CLASS_NAME, cin, c["out_channels"])
     heads, d = int(c["num_attention_heads"]), int(c["num_attention_heads"]) * int(
         c["attention_head_dim"])
     if c["caption_channels"] is None:

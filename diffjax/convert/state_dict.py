@@ -185,3 +185,22 @@ def check_fields(cfg: Mapping, known: Mapping[str, object], arch: str) -> None:
         if want is not None and v != want and not (isinstance(want, tuple) and v in want):
             raise ConvertError(f"{arch}: config.json field {k!r} = {v!r} is not supported (diffjax "
                                f"implements {want!r})")
+
+
+def config_with_defaults(hf: Mapping, known: Mapping[str, object], defaults: Mapping, arch: str
+                         ) -> dict:
+    """config.json's fields (checked by ``check_fields``) over the architecture's defaults."""
+    check_fields(hf, known, arch)
+    return {**defaults, **{k: v for k, v in hf.items() if not k.startswith("_")}}
+
+
+def learned_sigma(arch: str, in_channels: int, out_channels) -> bool:
+    """Whether a transformer predicting ``out_channels`` of ``in_channels`` learns its variance
+    (2x: DiT's and PixArt's learned sigma, the first half eps); any other count is refused."""
+    cin = int(in_channels)
+    if out_channels is None or int(out_channels) == cin:
+        return False
+    if int(out_channels) == 2 * cin:
+        return True
+    raise ConvertError(f"{arch}: out_channels = {out_channels} with in_channels = {cin}: diffjax "
+                       f"predicts in_channels (or 2x: learned sigma)")
