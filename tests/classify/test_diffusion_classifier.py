@@ -108,7 +108,11 @@ def test_the_cli_names_every_schedule():
 
 
 # ---- shared noise, ties, elimination --------------------------------------------------------------
-@pytest.mark.parametrize("process", [P.EDM(), P.DiscreteVP()], ids=["edm", "vp_discrete"])
+SLOW_CI = [pytest.mark.slow, pytest.mark.ci]     # the second process: CI's slow subset
+
+
+@pytest.mark.parametrize("process", [P.EDM(), pytest.param(P.DiscreteVP(), marks=SLOW_CI)],
+                         ids=["edm", "vp_discrete"])
 def test_identical_class_models_tie_bit_for_bit(process):
     x0 = np.random.RandomState(1).uniform(-1, 1, (4, 4, 4, 1)).astype(np.float32)
     res = dc.diffusion_classify(label_blind, None, process, x0, key=KEY, schedule="fast",
@@ -154,7 +158,9 @@ def test_elimination_never_revives_and_ends_with_one_class():
 
 
 # ---- Bayes-optimality with exact denoisers --------------------------------------------------------
-@pytest.mark.parametrize("process,t_sampler", [(P.EDM(), "lognormal"), (P.DiscreteVP(), "uniform")],
+@pytest.mark.parametrize("process,t_sampler", [(P.EDM(), "lognormal"),
+                                               pytest.param(P.DiscreteVP(), "uniform",
+                                                            marks=SLOW_CI)],
                          ids=["edm", "vp_discrete"])
 def test_exact_gaussian_classes_approach_the_bayes_rule(process, t_sampler):
     """Three 2-D Gaussian classes N(mu_c, s^2 I) with the exact E[x0 | x, c]: the Bayes rule is
@@ -262,6 +268,8 @@ def _fake_run(path, **overrides):
     return str(path)
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_cli_mistakes_are_one_line(workdir, tmp_path):
     npy = str(tmp_path / "x.npy")
     np.save(npy, np.zeros((1, 8, 8, 1), np.float32))

@@ -68,6 +68,8 @@ def test_training_starts_at_the_source_weights_and_resume_ignores_it(source, tmp
     assert summary["start_step"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_refusals_name_the_problem(source, tmp_path):
     from diffjax.training import trainer
 
