@@ -107,16 +107,30 @@ def refine_energy(den, params, y, eps, sigma, observed, mask, reg: str, reg_scal
 
 
 def refine(run, init, observed, mask, *, key, method: str = "lmc", reg: str = "mse",
-           tau: float = 20.0, iters: int = 20, lr: float = 0.1, noise_scale: float = 0.1,
-           reg_scale: float = 1.0, q=None, params_name: str | None = None) -> np.ndarray:
+           tau: float = 20.0, sigma: float | None = None, iters: int = 20, lr: float = 0.1,
+           noise_scale: float = 0.1, reg_scale: float = 1.0, q=None,
+           params_name: str | None = None) -> np.ndarray:
     """Refined samples (B, L, C) from ``init`` (scaled windows, the base forecast in the unobserved
-    part); ``q`` (B,) the quantile of each sample for reg='quantile' (default i / (B + 1)); tau
-    in the run's process time (its sigma: ``process.sigma_tilde(tau)``)."""
+    part); ``q`` (B,) the quantile of each sample for reg='quantile' (default i / (B + 1)). The
+    energy's noise level: ``sigma`` when given, else ``process.sigma_tilde(tau)`` with tau in the
+    run's process time (TSDiff's default, step 20 of a 100-step discrete process); a tau outside
+    the process's time range is an error naming both."""
     import jax.numpy as jnp
 
+    from diffjax.core import processes as P
     from diffjax.inference import pick_params
 
-    sigma = float(run.process.sigma_tilde(jnp.float32(tau)))
+    if sigma is None:
+        proc = run.process
+        lo, hi = ((0.0, float(proc.num_train_steps - 1)) if isinstance(proc, P.DiscreteVP)
+                  else (float(proc.t_min), float(proc.t_max)))
+        if not lo <= tau <= hi:
+            raise ValueError(f"refine: tau={tau} is outside the run's process time [{lo:g}, "
+                             f"{hi:g}] ({type(proc).__name__}); pass tau in that range, or the "
+                             f"noise level itself as sigma=")
+        sigma = float(proc.sigma_tilde(jnp.float32(tau)))
+    elif not sigma > 0:
+        raise ValueError(f"refine: sigma must be a positive noise level, got {sigma}")
     params = pick_params(run.params, params_name or run.config.sample.params)
     return refine_with(run.den, params, sigma, init, observed, mask, key=key, method=method,
                        reg=reg, iters=iters, lr=lr, noise_scale=noise_scale, reg_scale=reg_scale,

@@ -1,5 +1,6 @@
 """RADD through the shared trainer: the objective's loss and gradients, the data source, a short
 end-to-end run (slow), its loading and sampling as ``diffjax text`` does it."""
+import json
 import os
 import sys
 
@@ -91,3 +92,20 @@ def test_train_quick_run_then_sample_it(tmp_path):
     nll = run_lib.sequence_nll(r, text_data.windows("test", 64)[:4])
     assert nll.shape == (4,) and np.all(np.isfinite(nll))
     assert sys.modules.get("diffjax.cli.text") is not None
+
+    # the command as a user types it: one line per sample, then the settings as JSON
+    from tests.training.util import run_cli
+    p = run_cli("text", "--workdir", str(tmp_path), "--num", "2", "--steps", "32", "--seed", "3")
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.strip().splitlines()
+    res = json.loads(lines[-1])
+    assert (res["num"], res["steps"], res["sampler"], res["cache"], res["seed"]) == (
+        2, 32, "tau_leaping", True, 3)
+    shown = [ln for ln in lines[:-1] if ln.startswith("nfe ")]
+    assert len(shown) == 2 and all(len(ln[10:]) == 64 for ln in shown)   # f"nfe {n:4d}  {text}"
+    assert res["nfe"] <= 32 and res["nfe_per_sample"] <= 32
+    bad = run_cli("text", "--workdir", str(tmp_path), "--sampler", "beam")
+    assert bad.returncode != 0 and "unknown --sampler 'beam'" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    missing = run_cli("text", "--workdir", str(tmp_path / "nope"))
+    assert missing.returncode != 0 and "Traceback" not in missing.stderr

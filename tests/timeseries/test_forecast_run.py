@@ -47,6 +47,7 @@ def test_forecast_flag_mistakes_are_one_line(tmp_path, args, needle):
 @pytest.mark.ci
 def test_series_run_trains_forecasts_refines(tmp_path):
     import jax
+    import jax.numpy as jnp
 
     from diffjax import inference
     from diffjax.timeseries import evaluate, forecast, series
@@ -75,6 +76,15 @@ def test_series_run_trains_forecasts_refines(tmp_path):
     x, _, _ = series.scale_windows(split.train[:3], 44)
     same = forecast.refine(run, x, x, np.ones_like(x), key=jax.random.key(0), iters=0)
     np.testing.assert_array_equal(same, x)
+    # the level as tau in process time or as sigma itself: the same refinement
+    obs, mask = x, np.concatenate([np.ones_like(x[:, :44]), np.zeros_like(x[:, 44:])], 1)
+    by_tau = forecast.refine(run, x, obs, mask, key=jax.random.key(1), iters=2, tau=20.0)
+    sig = float(run.process.sigma_tilde(jnp.float32(20.0)))
+    by_sigma = forecast.refine(run, x, obs, mask, key=jax.random.key(1), iters=2, sigma=sig)
+    np.testing.assert_allclose(by_sigma, by_tau, rtol=1e-6, atol=1e-6)
+    assert np.abs(by_tau - x).max() > 0
+    with pytest.raises(ValueError, match="outside the run's process time"):
+        forecast.refine(run, x, obs, mask, key=jax.random.key(1), tau=1e6)
     p = run_cli("forecast", "--workdir", w, "--num", "4", "--steps", "3", "--refine", "sgd",
                 "--refine_iters", "2")
     assert p.returncode == 0, p.stderr[-2000:]
