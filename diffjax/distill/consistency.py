@@ -112,7 +112,7 @@ def consistency(ctx: Context) -> Objective:
     def init_extra(key, params):
         return {"teacher": jax.tree.map(jnp.asarray, t.params), "target": params}
 
-    def update_extra(extra, params, batch, key):
+    def update_extra(extra, params, batch, key, metrics):
         target = jax.tree.map(lambda a, p: mu * a + (1.0 - mu) * p, extra["target"], params)
         return {**extra, "target": target}, {}
 

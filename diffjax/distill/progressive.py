@@ -136,7 +136,7 @@ def progressive(ctx: Context) -> Objective:
     def init_extra(key, params):
         return {"teacher": jax.tree.map(jnp.asarray, t.params), "step": jnp.zeros((), jnp.int32)}
 
-    def update_extra(extra, params, batch, key):
+    def update_extra(extra, params, batch, key, metrics):
         step = extra["step"] + 1
         swap = (step % per_halving == 0) & (step < n_halvings * per_halving)
         teacher = jax.tree.map(lambda p, q: jnp.where(swap, p, q), params, extra["teacher"])

@@ -121,7 +121,7 @@ def sim(ctx: Context) -> Objective:
         return {"teacher": jax.tree.map(jnp.asarray, t.params), "fake": params,
                 "fake_opt": fake_tx.init(params)}
 
-    def update_extra(extra, params, batch, key):
+    def update_extra(extra, params, batch, key, metrics):
         b, shape = batch["x"].shape[0], tuple(batch["x"].shape[1:])
         k_g, k_f = jax.random.split(key)
         x0, cond = generate(params, k_g, b, shape, False)

@@ -54,7 +54,10 @@ def base(model_preset: str, **model_overrides) -> ml_collections.ConfigDict:
     c.diffusion = ml_collections.ConfigDict(dict(
         process="edm", process_kwargs=ml_collections.ConfigDict(), parameterization="edm",
         weighting="native", t_sampler="lognormal", p_mean=-1.2, p_std=1.2, sigma_data=0.5,
-        min_snr_gamma=5.0, label_dropout=0.0))
+        min_snr_gamma=5.0, label_dropout=0.0,
+        # the difficulty curriculum over t_sampler's quantiles (curriculum.py); clusters 0: off
+        curriculum=ml_collections.ConfigDict(dict(clusters=0, patience=200, smoothing=0.99,
+                                                  min_delta=0.0))))
 
     # the training objective (objectives.py); a method's config adds its own fields here
     c.objective = ml_collections.ConfigDict(dict(name="denoising"))

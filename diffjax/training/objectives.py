@@ -2,7 +2,7 @@
 
     obj = objectives.build(ctx)         # ctx: config, model, den, process, example shape, classes
     (loss, aux), grads = value_and_grad(obj.loss)(params, extra, batch, key)
-    extra, metrics     = obj.update_extra(extra, new_params, batch, key)   # optional
+    extra, metrics     = obj.update_extra(extra, new_params, batch, key, step_metrics)  # optional
 
 ``config.objective.name`` picks the entry of ``OBJECTIVES`` (default ``'denoising'``; run configs
 saved before the section existed get it too); the section's other fields are the objective's own
@@ -14,9 +14,11 @@ and are checked against what it declares. An ``Objective`` holds pure functions:
                                                        frozen networks (a teacher, a classifier),
                                                        auxiliary networks with their own optimizer
                                                        state (a fake-score network), target nets
-    update_extra(extra, params, batch, key) -> (extra, metrics)
+    update_extra(extra, params, batch, key, metrics) -> (extra, metrics)
                                                        after the params' update: an auxiliary net's
-                                                       own optimizer step, an EMA target
+                                                       own optimizer step, an EMA target, a
+                                                       curriculum's pacing (``metrics``: the step's
+                                                       loss, grad_norm, lr and aux['metrics'])
     trainable(params) -> bool pytree                   None: every leaf trains; False leaves get no
                                                        gradient, no optimizer state and no update
                                                        (LoRA: only the adapters train)
@@ -38,6 +40,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 
 from diffjax.core import losses
+from diffjax.training import curriculum
 
 
 class Context(NamedTuple):
@@ -54,7 +57,8 @@ class Context(NamedTuple):
 class Objective(NamedTuple):
     loss: Callable                                    # (params, extra, batch, key) -> (loss, aux)
     init_extra: Callable = lambda key, params: None   # (key, params) -> extra pytree or None
-    update_extra: Optional[Callable] = None           # (extra, params, batch, key) -> (extra, m)
+    update_extra: Optional[Callable] = None           # (extra, params, batch, key, metrics)
+                                                      #   -> (extra, metrics)
     trainable: Optional[Callable] = None              # params -> bool pytree
     init_params: Optional[Callable] = None            # (key, model's init params) -> params
 
@@ -65,6 +69,9 @@ OBJECTIVES: dict[str, tuple[Callable, dict]] = {}
 # run loads with the model's own structure, without building its objective (a student never needs
 # its teacher's checkpoint to be sampled).
 NEW_PARAM_STRUCTURE: set[str] = set()
+# Objectives that draw their noise levels through the difficulty curriculum (curriculum.py) when
+# config.diffusion.curriculum.clusters > 0; the others refuse it rather than ignore it.
+CURRICULUM_OBJECTIVES = {"denoising"}
 
 
 def register(name: str, *, new_param_structure: bool = False, **fields):
@@ -99,6 +106,10 @@ def build(config, *, model, den, process, example_shape, num_classes) -> Objecti
         known = ", ".join(sorted(defaults)) or "none"
         raise ValueError(f"config.objective: objective {name!r} has no field(s) "
                          f"{', '.join(unknown)}; its fields: {known}")
+    if name not in CURRICULUM_OBJECTIVES and curriculum.enabled(config):
+        raise ValueError(f"config.diffusion.curriculum.clusters > 0: the difficulty curriculum "
+                         f"draws the noise levels of {sorted(CURRICULUM_OBJECTIVES)}, not of "
+                         f"objective {name!r}; set clusters = 0")
     ctx = Context(config=config, model=model, den=den, process=process,
                   example_shape=tuple(example_shape), num_classes=int(num_classes),
                   fields={**defaults, **sec})
@@ -121,17 +132,34 @@ def trainable_mask(obj: Objective, params) -> Any:
 def denoising(ctx: Context) -> Objective:
     """Denoising score matching (core/losses.py make_loss; Ho et al. 2020, Karras et al. 2022):
     L = E_t w(t) || D_params(x0 + sigma eps, sigma, c) - x0 ||^2, with the weighting, noise-level
-    sampler and label dropout of ``config.diffusion``."""
+    sampler and label dropout of ``config.diffusion``. With ``config.diffusion.curriculum.clusters``
+    > 0, t comes from the difficulty curriculum over that sampler's quantiles (curriculum.py); its
+    state is ``extra``, paced by each step's loss."""
     d = ctx.config.diffusion
     if d.label_dropout > 0 and not ctx.num_classes:
         raise ValueError("config.diffusion.label_dropout > 0 needs a class-conditional model "
                          "(config.model.num_classes > 0)")
-    loss_fn = losses.make_loss(ctx.den, ctx.process, weighting=d.weighting, t_sampler=d.t_sampler,
-                               min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data,
-                               label_dropout=d.label_dropout,
-                               null_label=ctx.num_classes if ctx.num_classes else None,
-                               p_mean=d.p_mean, p_std=d.p_std)
-    return Objective(loss=lambda params, extra, batch, key: loss_fn(params, batch, key))
+    kw = dict(weighting=d.weighting, min_snr_gamma=d.min_snr_gamma, sigma_data=d.sigma_data,
+              label_dropout=d.label_dropout, null_label=ctx.num_classes if ctx.num_classes else None,
+              p_mean=d.p_mean, p_std=d.p_std)
+    cur = curriculum.settings(ctx.config)
+    if not cur.clusters:
+        loss_fn = losses.make_loss(ctx.den, ctx.process, t_sampler=d.t_sampler, **kw)
+        return Objective(loss=lambda params, extra, batch, key: loss_fn(params, batch, key))
+    curriculum.t_from_quantile(d.t_sampler, ctx.process, 0.5, p_mean=d.p_mean, p_std=d.p_std)
+
+    def loss(params, extra, batch, key):
+        draw = curriculum.sampler(extra, cur, d.t_sampler, ctx.process, p_mean=d.p_mean,
+                                  p_std=d.p_std)
+        value, aux = losses.make_loss(ctx.den, ctx.process, t_sampler=draw, **kw)(params, batch,
+                                                                                  key)
+        return value, {**aux, "metrics": {"curriculum_stage": extra["stage"] + 1}}
+
+    def update_extra(extra, params, batch, key, metrics):
+        return curriculum.update(extra, metrics["loss"], cur), {}
+
+    return Objective(loss=loss, init_extra=lambda key, params: curriculum.init_state(),
+                     update_extra=update_extra)
 
 
 from diffjax.training import classifier_objective as _classifier_objective  # noqa: E402,F401

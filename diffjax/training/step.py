@@ -15,7 +15,8 @@ Karras et al. 2022 / Ho et al. 2020 denoising score matching from core/losses.py
          losses.value_and_grad_in_slices; less memory, and on a CPU often faster)
     params <- params + tx.update(g)   (clip, AdamW, schedule; MultiSteps when accumulating)
     ema    <- ema.update(ema, params, k) only on steps where the optimizer applied an update.
-    extra  <- objective.update_extra(extra, params, batch, key') when the objective has one.
+    extra  <- objective.update_extra(extra, params, batch, key', metrics) when the objective has
+              one (metrics: this step's loss, grad_norm, lr, ... e.g. for a curriculum's pacing).
 Every input is a pure function of (state, batch), so a resumed run repeats an uninterrupted one
 bit for bit, and the noise draws do not depend on how the batch is sharded (threefry is
 partitionable).
@@ -200,7 +201,7 @@ def make_train_step(config, model, mesh, *, example_shape) -> TrainStep:
         extra = st.extra
         if obj.update_extra is not None:
             extra, extra_metrics = obj.update_extra(st.extra, params, batch,
-                                                    jax.random.fold_in(key, 1 << 20))
+                                                    jax.random.fold_in(key, 1 << 20), metrics)
             metrics.update(extra_metrics or {})
         return st.replace(step=new_step, params=params, opt_state=opt_state, ema=new_ema,
                           extra=extra), metrics

@@ -40,7 +40,7 @@ def _frozen_teacher(ctx):
         aux = dict(aux, metrics={"teacher_gap": gap})
         return l_den + ctx.fields["weight"] * gap, aux
 
-    def update_extra(extra, params, batch, key):
+    def update_extra(extra, params, batch, key, metrics):
         return dict(extra, calls=extra["calls"] + 1), {"extra_calls": extra["calls"] + 1}
 
     def trainable(params):
