@@ -97,7 +97,7 @@ def make_sample_fn(model, name: str, batch: int = spec.SAMPLE_BATCH, steps: int 
     def jitted_args(params, key, labels, scale, eta):
         gvals = {"scale": scale} if cfg else {}
         knobs = {"eta": eta} if kind == "ddim" else {}
-        return params, key, labels, jnp.int32(0), gvals, knobs, None, None
+        return params, key, labels, jnp.int32(0), gvals, knobs, None, None, None
 
     jitted = prog.fn
     # Python floats and float32 arrays are different jit signatures (weak types): pin the knobs to

@@ -18,5 +18,5 @@ from diffjax.inference.loading import (Run, default_mesh, from_state, load, load
 from diffjax.inference.draw_settings import (DEFAULT_SEED, DEFAULTS, check_setting,
                                         pfgmpp_error, settings)
 from diffjax.inference.program import Program, build, padded_batch
-from diffjax.inference.draws import (default_labels, denoiser, generate, program_for,
-                                     save_grid)
+from diffjax.inference.draws import (analytic_start, default_labels, denoiser, generate,
+                                     program_for, save_grid)

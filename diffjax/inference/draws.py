@@ -42,13 +42,50 @@ def global_arrays(tree, sharding_):
 
 
 def program_for(run: Run, *, sampler: str, steps: int, spacing: str, batch: int,
-                guidance=None) -> program_lib.Program:
+                guidance=None, start_sigma: float | None = None) -> program_lib.Program:
     """The run's sampling program for these settings (``program.build``); ``guidance`` is a
     resolved section or its full static part (``guidance.prepare``)."""
     null = run.num_classes if run.num_classes else None
     return program_lib.build(run.den, run.process, sampler=sampler, steps=steps, spacing=spacing,
                              batch=batch, example_shape=run.example_shape, guidance=guidance,
-                             null_label=null, mesh=run.mesh)
+                             null_label=null, mesh=run.mesh, start_sigma=start_sigma)
+
+
+def analytic_start(run: Run, sigma: float, *, limit: int | None = None) -> dict:
+    """Analytic-Init for ``generate(..., start=...)`` (core/analytic_init.py; Zhao et al. 2024):
+    {'sigma', 'mean', 'v0'} with the moments of the run's training data (its first ``limit``
+    examples; all by default), in the space the model samples."""
+    from diffjax.core import analytic_init
+    from diffjax.data import registry as data_registry
+    from diffjax.data.arrays import source_arrays
+
+    if run.vae is not None:
+        raise ValueError("analytic_start: a latent run samples latents; compute their moments "
+                         "(core.analytic_init.data_moments over encoded images) and pass "
+                         "start={'sigma', 'mean', 'v0'} to generate")
+    x, _ = source_arrays(data_registry.get_source(run.config.data), limit)
+    mean, v0 = analytic_init.data_moments(x)
+    return {"sigma": float(sigma), "mean": mean, "v0": v0}
+
+
+def _check_start(run: Run, start: dict, sigmas) -> dict:
+    unknown = sorted(set(start) - {"sigma", "mean", "v0"})
+    missing = sorted({"sigma", "mean", "v0"} - set(start))
+    if unknown or missing:
+        raise ValueError(f"generate: start needs exactly the keys sigma, mean, v0 (Analytic-Init; "
+                         f"inference.analytic_start builds it); got {sorted(start)}")
+    mean = np.asarray(start["mean"], np.float32)
+    if mean.shape != tuple(run.example_shape):
+        raise ValueError(f"generate: start['mean'] has shape {mean.shape}; expected one "
+                         f"example's shape {tuple(run.example_shape)}")
+    sigma, v0 = float(start["sigma"]), float(start["v0"])
+    top = float(np.asarray(sigmas)[0])
+    if not 0 < sigma <= top:
+        raise ValueError(f"generate: start['sigma'] = {sigma:g} must be in (0, {top:g}] (the "
+                         f"grid's top)")
+    if not v0 >= 0:
+        raise ValueError(f"generate: start['v0'] must be >= 0, got {v0}")
+    return {"sigma": sigma, "mean": mean, "v0": np.float32(v0)}
 
 
 def denoiser(run: Run, guidance=1.0, *, params_name: str | None = None,
@@ -77,7 +114,7 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
              seed: int = 0, labels=None, batch_size: int | None = None, params_name: str | None = None,
              spacing: str | None = None, clip: bool = True, knobs: dict | None = None,
              cond: dict | None = None, prepared: tuple | None = None, first_index: int = 0,
-             decode: bool = True) -> np.ndarray:
+             decode: bool = True, start: dict | None = None) -> np.ndarray:
     """``num`` samples (numpy, data range) in batches of ``config.sample.batch_size``.
 
     Examples are ``first_index .. first_index + num - 1``: example i draws from fold_in(key(seed),
@@ -91,7 +128,9 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
     (e.g. {'eta': 0.5}). Labels default to ``default_labels``. ``cond``: per-example conditioning
     besides the labels, {name: array (num, ...)} (an inverse problem's {'measurement': y}).
     ``prepared``: (static, state) for the guidance method instead of its ``prepare`` (e.g. a
-    user's inverse.operators.Operator for 'steer' / 'dps')."""
+    user's inverse.operators.Operator for 'steer' / 'dps'). ``start``: Analytic-Init,
+    {'sigma', 'mean', 'v0'} (``analytic_start``): the sampler starts at that level from the
+    Gaussian closest to the data's marginal there, on the grid below it."""
     from diffjax.training import sharding
 
     check_setting("num", num)
@@ -110,7 +149,12 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
         labels = np.zeros((num,), np.int32)
     sec = resolve_for(run, guidance)
     from diffjax.core import timesteps
-    guidance_lib.check(sec, timesteps.sigmas(run.process, int(steps), spacing))
+    grid = timesteps.sigmas(run.process, int(steps), spacing)
+    guidance_lib.check(sec, grid)
+    start_sigma = start_args = None
+    if start is not None:
+        start = _check_start(run, start, grid)
+        start_sigma = start["sigma"]
     cond = {k: np.asarray(v) for k, v in (cond or {}).items()}
     for k, v in cond.items():
         if v.shape[:1] != (num,):
@@ -131,22 +175,25 @@ def generate(run: Run, num: int, *, sampler: str = "heun", steps: int = 18, guid
     if run.mesh is not None:
         bsh, rep = sharding.batch_sharding(run.mesh), sharding.replicated(run.mesh)
     key, gvals, knobs = global_arrays((jax.random.key(seed), gvals, knobs), rep)
+    if start is not None:
+        start_args = global_arrays({"mean": start["mean"], "v0": start["v0"]}, rep)
     vae = run.vae if decode else None
     out = []
-    for start in range(0, num, batch_size):
-        b = min(batch_size, num - start)
+    for i0 in range(0, num, batch_size):
+        b = min(batch_size, num - i0)
         prog = program_for(run, sampler=sampler, steps=int(steps), spacing=spacing, batch=b,
-                           guidance=gstatic)
+                           guidance=gstatic, start_sigma=start_sigma)
         lab = np.zeros((prog.batch,), np.int32)
-        lab[:b] = labels[start:start + b]
+        lab[:b] = labels[i0:i0 + b]
         extra = None
         if cond:
             extra = {k: np.zeros((prog.batch,) + v.shape[1:], v.dtype) for k, v in cond.items()}
             for k, v in cond.items():
-                extra[k][:b] = v[start:start + b]
+                extra[k][:b] = v[i0:i0 + b]
             extra = global_arrays(extra, bsh)
         x = prog(params, key, global_arrays(lab, bsh),
-                 global_arrays(np.int32(first_index + start), rep), gvals, knobs, gstate, extra)
+                 global_arrays(np.int32(first_index + i0), rep), gvals, knobs, gstate, extra,
+                 start_args)
         if vae is not None:
             x = vae.decode(x)
         if not x.is_fully_addressable:  # several processes: every host gets the whole batch

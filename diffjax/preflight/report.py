@@ -320,7 +320,8 @@ def _lower_sampler(config, ts, example_shape):
     offset = jax.ShapeDtypeStruct((), jnp.int32, sharding=rep)
     gvals = {k: jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)
              for k in guidance.split(sec)[1]}
-    return prog.fn.lower(ts.abstract_state.params, key, labels, offset, gvals, {}, None, None)
+    return prog.fn.lower(ts.abstract_state.params, key, labels, offset, gvals, {}, None, None,
+                         None)
 
 
 def tpu(config, topology: str, *, sample: bool = True, num_slices: int = 1) -> Report:
