@@ -167,3 +167,4 @@ from diffjax.training import ppap_objective as _ppap_objective  # noqa: E402,F40
 from diffjax.training import multiscale_objective as _multiscale  # noqa: E402,F401
 from diffjax import distill as _distill  # noqa: E402,F401  (the distillation objectives)
 from diffjax import discrete as _discrete  # noqa: E402,F401  (the 'radd' objective)
+from diffjax import finetune as _finetune  # noqa: E402,F401  (few-shot fine-tuning objectives)
