@@ -80,14 +80,14 @@ def main(argv=None):
             run = inference.load(wd, step=at)
             out = evaluation.evaluate(run, clf_dir, num_samples=num, seed=1234)
             table[name][at] = {"fd": out["eval/fd"], "acc": out["eval/accuracy"]}
-            print(f"{name:<28} step {at:>5}  FD {out['eval/fd']:.3f}  acc "
+            print(f"{name:<28} step {at:>5}  FD {out['eval/fd']:.4g}  acc "
                   f"{out['eval/accuracy']:.3f}", flush=True)
     plain = table[next(iter(runs))]
     thr = args.threshold * plain[steps]["fd"]
-    print(f"\nFD threshold {thr:.3f} (= {args.threshold} x the plain run's final FD)")
+    print(f"\nFD threshold {thr:.4g} (= {args.threshold} x the plain run's final FD)")
     print(f"{'step':>6}" + "".join(f"{n[:28]:>30}" for n in table))
     for at in range(every, steps + 1, every):
-        print(f"{at:>6}" + "".join(f"{table[n][at]['fd']:>22.3f} ({table[n][at]['acc']:.2f})"
+        print(f"{at:>6}" + "".join(f"{table[n][at]['fd']:>22.4g} ({table[n][at]['acc']:.2f})"
                                      for n in table))
     reach = {}
     for n, rows in table.items():
