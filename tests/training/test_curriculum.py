@@ -94,6 +94,8 @@ def _config(**kw):
                           "diffusion.curriculum.smoothing": 0.0, **kw})
 
 
+@pytest.mark.slow
+@pytest.mark.ci
 def test_trainer_paces_logs_checkpoints_and_resumes_the_curriculum(tmp_path):
     from diffjax.data import pipeline
     from diffjax.training import sharding
