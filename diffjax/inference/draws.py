@@ -69,6 +69,9 @@ def analytic_start(run: Run, sigma: float, *, limit: int | None = None) -> dict:
 
 
 def _check_start(run: Run, start: dict, sigmas) -> dict:
+    if not isinstance(start, dict):
+        raise ValueError(f"generate: start must be a dict {{'sigma', 'mean', 'v0'}} "
+                         f"(inference.analytic_start builds it), got {type(start).__name__}")
     unknown = sorted(set(start) - {"sigma", "mean", "v0"})
     missing = sorted({"sigma", "mean", "v0"} - set(start))
     if unknown or missing:

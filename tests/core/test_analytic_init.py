@@ -121,7 +121,8 @@ def test_generate_starts_from_analytic_init_through_the_one_pipeline():
     ref = samplers.sample("heun", lambda x, s, c=None: run.den(None, x, s, c), grid,
                           x_init=A.analytic_init(keys, start["mean"], s2, 2.0)).x
     np.testing.assert_allclose(x, np.asarray(ref), rtol=1e-5, atol=1e-5)
-    for bad, needle in (({"sigma": 2.0, "mean": start["mean"]}, "exactly the keys"),
+    for bad, needle in ((2.0, "start must be a dict"),
+                        ({"sigma": 2.0, "mean": start["mean"]}, "exactly the keys"),
                         ({**start, "mean": np.zeros((4,))}, "expected one example's shape"),
                         ({**start, "sigma": 1e4}, "must be in"),
                         ({**start, "v0": -1.0}, "must be >= 0")):
